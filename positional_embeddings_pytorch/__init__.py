@@ -6,5 +6,6 @@ __version__ = "0.1.0"
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/99_package.ipynb #e2de6f83
+# %% ../nbs/99_package.ipynb #6c2af91d
 from .core import *
+from .attention import *
