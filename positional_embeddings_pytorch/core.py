@@ -6,13 +6,13 @@
 __all__ = ['check_positions', 'is_special', 'add_special_tokens', 'reset_special', 'check_qkv', 'causal_mask', 'check_attn_mask',
            'attention_mask', 'masked_softmax', 'reference_attention', 'PositionalEmbedding', 'NoPositionalEmbedding']
 
-# %% ../nbs/00_core.ipynb #1e4b7768
+# %% ../nbs/00_core.ipynb #3995f254
 import math, torch
 from torch import nn, Tensor
 import torch.nn.functional as F
 from typing import Optional, Union
 
-# %% ../nbs/00_core.ipynb #cfe316c6
+# %% ../nbs/00_core.ipynb #d7fd4429
 def check_positions(positions:Optional[Tensor], # `[n]` or `[b, n]`, or `None` for `arange(n)`
                     n:int, # number of tokens the positions describe
                     b:Optional[int]=None, # batch size, if known
@@ -39,7 +39,7 @@ def check_positions(positions:Optional[Tensor], # `[n]` or `[b, n]`, or `None` f
         raise ValueError(f"`{name}` is on {positions.device} but the input is on {device}")
     return positions
 
-# %% ../nbs/00_core.ipynb #ccbaa487
+# %% ../nbs/00_core.ipynb #a22be36c
 def is_special(positions:Tensor)->Tensor:
     "Boolean mask of special tokens (negative positions)."
     return positions < 0
@@ -53,7 +53,7 @@ def add_special_tokens(positions:Tensor, # `[n]` or `[b, n]`
     special = special.expand(*positions.shape[:-1], num_special)
     return torch.cat([special, positions], -1)
 
-# %% ../nbs/00_core.ipynb #e5c85b8b
+# %% ../nbs/00_core.ipynb #c16d0bed
 def reset_special(term:Tensor, # positional logits `[1|b, h, n, m]`
                   positions_q:Tensor, # `[1|b, n]`
                   positions_k:Tensor, # `[1|b, m]`
@@ -67,7 +67,7 @@ def reset_special(term:Tensor, # positional logits `[1|b, h, n, m]`
     row, col = reset[0].view(1, h, 1, 1).to(term.dtype), reset[1].view(1, h, 1, 1).to(term.dtype)
     return torch.where(sq, row, torch.where(sk, col, term))
 
-# %% ../nbs/00_core.ipynb #907083d5
+# %% ../nbs/00_core.ipynb #410c6b01
 def check_qkv(q:Tensor, # `[b, h, n, e]`
               k:Tensor, # `[b, h, m, e]`
               v:Optional[Tensor]=None, # `[b, h, m, e_v]`
@@ -89,7 +89,7 @@ def check_qkv(q:Tensor, # `[b, h, n, e]`
         if t.dtype != q.dtype: raise TypeError(f"`q` has dtype {q.dtype} but `{name}` has {t.dtype}")
         if t.device != q.device: raise ValueError(f"`q` is on {q.device} but `{name}` is on {t.device}")
 
-# %% ../nbs/00_core.ipynb #aa4bfe06
+# %% ../nbs/00_core.ipynb #39c98b07
 def causal_mask(positions_q:Tensor, # `[1|b, n]`
                 positions_k:Tensor, # `[1|b, m]`
                )->Tensor: # bool `[1|b, 1, n, m]`
@@ -120,7 +120,7 @@ def attention_mask(positions_q:Tensor, # `[1|b, n]`
     if attn_mask.dtype == torch.bool: return cm & attn_mask
     return attn_mask.masked_fill(~cm, float('-inf'))
 
-# %% ../nbs/00_core.ipynb #1e996af1
+# %% ../nbs/00_core.ipynb #c0e22253
 def masked_softmax(logits:Tensor, # `[b, h, n, m]`
                    mask:Optional[Tensor]=None, # bool (True = visible) or additive float
                   )->Tensor:
@@ -139,7 +139,7 @@ def reference_attention(logits:Tensor, # `[b, h, n, m]` from `forward_attn`
     p = masked_softmax(logits, mask)
     return (p.to(v.dtype) @ v) if p.dtype != v.dtype else p @ v
 
-# %% ../nbs/00_core.ipynb #ddae0c5f
+# %% ../nbs/00_core.ipynb #0975fb99
 def _flex():
     try:
         from torch.nn.attention.flex_attention import flex_attention, create_block_mask
@@ -150,7 +150,7 @@ def _overrides(obj, name:str)->bool:
     "Whether `type(obj)` overrides `PositionalEmbedding.<name>`."
     return getattr(type(obj), name) is not getattr(PositionalEmbedding, name)
 
-# %% ../nbs/00_core.ipynb #cd2f8e6f
+# %% ../nbs/00_core.ipynb #5e136b90
 class PositionalEmbedding(nn.Module):
     "Base class of every scheme: positions go into the input, the logits, or the queries and keys."
     # Catalogue metadata, read by `pe list` and the property suite
@@ -338,6 +338,7 @@ class PositionalEmbedding(nn.Module):
         m = k.shape[2]
         qt, kt = self.transform_qk(q, k, self._plain(pq), self._plain(pk))
         bq, bk = pq.shape[0] > 1, pk.shape[0] > 1
+        am = None
         if attn_mask is not None:
             check_attn_mask(attn_mask, (b, h, n, m))
             am = attn_mask.view(*(1,) * (4 - attn_mask.ndim), *attn_mask.shape).expand(b, h, n, m)
@@ -374,7 +375,7 @@ class PositionalEmbedding(nn.Module):
         "Named instances that `pe check` and the property suite run (one per variant worth checking)."
         return {}
 
-# %% ../nbs/00_core.ipynb #c9a831ca
+# %% ../nbs/00_core.ipynb #cfc7c5ca
 class NoPositionalEmbedding(PositionalEmbedding):
     "No positional information: plain scaled dot-product attention (NoPE)."
     name, family = 'nope', 'none'
