@@ -6,13 +6,13 @@
 __all__ = ['check_positions', 'is_special', 'add_special_tokens', 'reset_special', 'check_qkv', 'causal_mask', 'check_attn_mask',
            'attention_mask', 'masked_softmax', 'reference_attention', 'PositionalEmbedding', 'NoPositionalEmbedding']
 
-# %% ../nbs/00_core.ipynb #3995f254
+# %% ../nbs/00_core.ipynb #82586538
 import math, torch
 from torch import nn, Tensor
 import torch.nn.functional as F
 from typing import Optional, Union
 
-# %% ../nbs/00_core.ipynb #d7fd4429
+# %% ../nbs/00_core.ipynb #caa3f76a
 def check_positions(positions:Optional[Tensor], # `[n]` or `[b, n]`, or `None` for `arange(n)`
                     n:int, # number of tokens the positions describe
                     b:Optional[int]=None, # batch size, if known
@@ -39,7 +39,7 @@ def check_positions(positions:Optional[Tensor], # `[n]` or `[b, n]`, or `None` f
         raise ValueError(f"`{name}` is on {positions.device} but the input is on {device}")
     return positions
 
-# %% ../nbs/00_core.ipynb #a22be36c
+# %% ../nbs/00_core.ipynb #d7f7f93f
 def is_special(positions:Tensor)->Tensor:
     "Boolean mask of special tokens (negative positions)."
     return positions < 0
@@ -53,21 +53,25 @@ def add_special_tokens(positions:Tensor, # `[n]` or `[b, n]`
     special = special.expand(*positions.shape[:-1], num_special)
     return torch.cat([special, positions], -1)
 
-# %% ../nbs/00_core.ipynb #c16d0bed
+# %% ../nbs/00_core.ipynb #4e6ecff1
 def reset_special(term:Tensor, # positional logits `[1|b, h, n, m]`
                   positions_q:Tensor, # `[1|b, n]`
                   positions_k:Tensor, # `[1|b, m]`
                   reset:Optional[Tensor]=None, # `[2, h]`: (special query row, special key column); zeros if `None`
+                  inplace:bool=False, # write into `term` (it must be a fresh tensor)
                  )->Tensor:
     "Replace the positional term of every pair that involves a special token."
     sq = is_special(positions_q)[:, None, :, None]
     sk = is_special(positions_k)[:, None, None, :]
-    if reset is None: return term.masked_fill(sq | sk, 0.)
+    either = sq | sk
+    if reset is None:
+        fits = inplace and torch.broadcast_shapes(term.shape, either.shape) == term.shape
+        return term.masked_fill_(either, 0.) if fits else term.masked_fill(either, 0.)
     h = term.shape[1]
     row, col = reset[0].view(1, h, 1, 1).to(term.dtype), reset[1].view(1, h, 1, 1).to(term.dtype)
     return torch.where(sq, row, torch.where(sk, col, term))
 
-# %% ../nbs/00_core.ipynb #410c6b01
+# %% ../nbs/00_core.ipynb #24dad97e
 def check_qkv(q:Tensor, # `[b, h, n, e]`
               k:Tensor, # `[b, h, m, e]`
               v:Optional[Tensor]=None, # `[b, h, m, e_v]`
@@ -89,7 +93,7 @@ def check_qkv(q:Tensor, # `[b, h, n, e]`
         if t.dtype != q.dtype: raise TypeError(f"`q` has dtype {q.dtype} but `{name}` has {t.dtype}")
         if t.device != q.device: raise ValueError(f"`q` is on {q.device} but `{name}` is on {t.device}")
 
-# %% ../nbs/00_core.ipynb #39c98b07
+# %% ../nbs/00_core.ipynb #373b8996
 def causal_mask(positions_q:Tensor, # `[1|b, n]`
                 positions_k:Tensor, # `[1|b, m]`
                )->Tensor: # bool `[1|b, 1, n, m]`
@@ -120,7 +124,7 @@ def attention_mask(positions_q:Tensor, # `[1|b, n]`
     if attn_mask.dtype == torch.bool: return cm & attn_mask
     return attn_mask.masked_fill(~cm, float('-inf'))
 
-# %% ../nbs/00_core.ipynb #c0e22253
+# %% ../nbs/00_core.ipynb #89f18434
 def masked_softmax(logits:Tensor, # `[b, h, n, m]`
                    mask:Optional[Tensor]=None, # bool (True = visible) or additive float
                   )->Tensor:
@@ -139,18 +143,26 @@ def reference_attention(logits:Tensor, # `[b, h, n, m]` from `forward_attn`
     p = masked_softmax(logits, mask)
     return (p.to(v.dtype) @ v) if p.dtype != v.dtype else p @ v
 
-# %% ../nbs/00_core.ipynb #0975fb99
+# %% ../nbs/00_core.ipynb #8758d1b4
 def _flex():
     try:
         from torch.nn.attention.flex_attention import flex_attention, create_block_mask
         return flex_attention, create_block_mask
     except ImportError: return None
 
+def _aligned(pq:Tensor, pk:Tensor)->bool:
+    "Eager check that keys sit at consecutive positions and the queries are the last of them (so `is_causal` is exact)."
+    if torch.compiler.is_compiling() or pq.shape[0] != 1 or pk.shape[0] != 1 or pq.is_floating_point(): return False
+    m, n = pk.shape[1], pq.shape[1]
+    if n > m: return False
+    ar = torch.arange(m, device=pk.device) + pk[0, :1]
+    return bool(torch.equal(pk[0], ar) and torch.equal(pq[0], pk[0, m - n:]))
+
 def _overrides(obj, name:str)->bool:
     "Whether `type(obj)` overrides `PositionalEmbedding.<name>`."
     return getattr(type(obj), name) is not getattr(PositionalEmbedding, name)
 
-# %% ../nbs/00_core.ipynb #5e136b90
+# %% ../nbs/00_core.ipynb #ddbb0e28
 class PositionalEmbedding(nn.Module):
     "Base class of every scheme: positions go into the input, the logits, or the queries and keys."
     # Catalogue metadata, read by `pe list` and the property suite
@@ -247,14 +259,14 @@ class PositionalEmbedding(nn.Module):
 
     def _bias(self, pq, pk):
         out = self.dense_bias(self._plain(pq), self._plain(pk))
-        return out if self.handles_special else reset_special(out, pq, pk, self.special_reset)
+        return out if self.handles_special else reset_special(out, pq, pk, self.special_reset, inplace=True)
 
     def _positional_logits(self, q, k, pq, pk)->Optional[Tensor]:
-        "Sum of the position-only bias and the content-dependent positional logits."
+        "Sum of the position-only bias and the content-dependent positional logits (a fresh tensor)."
         out = self._bias(pq, pk) if self.has_bias else None
         if self.has_qk_bias:
             t = self.qk_bias(q, k, self._plain(pq), self._plain(pk))
-            if not self.handles_special: t = reset_special(t, pq, pk, self.special_reset)
+            if not self.handles_special: t = reset_special(t, pq, pk, self.special_reset, inplace=True)
             out = t if out is None else out + t
         return out
 
@@ -315,18 +327,24 @@ class PositionalEmbedding(nn.Module):
         qt, kt = self.transform_qk(q, k, self._plain(pq), self._plain(pk))
         pos = self._positional_logits(q, k, pq, pk)
         scale = self.logit_scale(e)
-        if pos is None and attn_mask is None and (not causal or (default_positions and n == m)):
+        if pos is None and attn_mask is None and (not causal or (n == m and (default_positions or _aligned(pq, pk)))):
             # fully fused: no n x m tensor at all
             return F.scaled_dot_product_attention(qt, kt, v, is_causal=causal, scale=scale)
         mask = attention_mask(pq, pk, (q.shape[0], q.shape[1], n, m), causal, attn_mask)
+        visible = None
+        if mask is not None:
+            visible = mask.any(-1, keepdim=True) if mask.dtype == torch.bool else (mask != float('-inf')).any(-1, keepdim=True)
         if pos is not None:
+            # `pos` is fresh (the hooks' contract), so the mask goes into it in place: one n x m tensor
             pos = pos.to(q.dtype)
             if mask is not None:
-                pos = pos.masked_fill(~mask, float('-inf')) if mask.dtype == torch.bool else pos + mask.to(q.dtype)
+                fits = torch.broadcast_shapes(pos.shape, mask.shape) == pos.shape
+                if mask.dtype == torch.bool:
+                    pos = pos.masked_fill_(~mask, float('-inf')) if fits else pos.masked_fill(~mask, float('-inf'))
+                else: pos = pos.add_(mask.to(q.dtype)) if fits else pos + mask.to(q.dtype)
             mask = pos
         out = F.scaled_dot_product_attention(qt, kt, v, attn_mask=mask, scale=scale)
-        visible = mask.any(-1, keepdim=True) if mask.dtype == torch.bool else (mask != float('-inf')).any(-1, keepdim=True)
-        return torch.where(visible, out, out.new_zeros(()))
+        return out if visible is None else torch.where(visible, out, out.new_zeros(()))
 
     def _flex_attention(self, q, k, v, pq, pk, causal, attn_mask):
         fx = _flex()
@@ -375,7 +393,7 @@ class PositionalEmbedding(nn.Module):
         "Named instances that `pe check` and the property suite run (one per variant worth checking)."
         return {}
 
-# %% ../nbs/00_core.ipynb #cfc7c5ca
+# %% ../nbs/00_core.ipynb #4a2b662e
 class NoPositionalEmbedding(PositionalEmbedding):
     "No positional information: plain scaled dot-product attention (NoPE)."
     name, family = 'nope', 'none'
