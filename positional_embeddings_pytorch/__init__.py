@@ -6,6 +6,10 @@ __version__ = "0.1.0"
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/99_package.ipynb #6c2af91d
+# %% ../nbs/99_package.ipynb #82f5885d
 from .core import *
 from .attention import *
+from .sinusoidal import *
+from .learned import *
+from .transformer_xl import *
+from .alibi import *
