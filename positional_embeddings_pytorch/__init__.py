@@ -6,10 +6,12 @@ __version__ = "0.1.0"
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/99_package.ipynb #82f5885d
+# %% ../nbs/99_package.ipynb #6bf43dbf
 from .core import *
 from .attention import *
 from .sinusoidal import *
 from .learned import *
 from .transformer_xl import *
+from .t5 import *
 from .alibi import *
+from .rope_scaling import *
