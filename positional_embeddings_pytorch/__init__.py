@@ -6,7 +6,7 @@ __version__ = "0.1.0"
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/99_package.ipynb #6bf43dbf
+# %% ../nbs/99_package.ipynb #72b60753
 from .core import *
 from .attention import *
 from .sinusoidal import *
@@ -15,3 +15,4 @@ from .transformer_xl import *
 from .t5 import *
 from .alibi import *
 from .rope_scaling import *
+from .rope import *

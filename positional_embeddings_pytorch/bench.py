@@ -7,7 +7,7 @@ __all__ = ['PEERS', 'paired_times', 'ratio_stats', 'bench_rotary', 'peak_rss_dur
            'run_memory_cell', 'bench_train_time', 'bench_bias_build', 'Progress', 'machine_info', 'memory_plan',
            'run_bench', 'results_markdown', 'plot_results']
 
-# %% ../nbs/92_bench.ipynb #4e0581b9
+# %% ../nbs/92_bench.ipynb #4d664582
 import gc, json, math, os, platform, statistics, subprocess, sys, threading, time, random
 from pathlib import Path
 from typing import Callable, Optional
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 import positional_embeddings_pytorch as pep
 from .core import *
 
-# %% ../nbs/92_bench.ipynb #3effe6e8
+# %% ../nbs/92_bench.ipynb #e36fe4bc
 def _now(): return time.perf_counter()
 
 def paired_times(fns:dict, # name -> zero-argument callable
@@ -47,7 +47,7 @@ def ratio_stats(times:dict, # from `paired_times`
         res[k] = (statistics.median(r), q[0], q[2])
     return res
 
-# %% ../nbs/92_bench.ipynb #d76f8ccb
+# %% ../nbs/92_bench.ipynb #886c11ae
 def _rotary_contenders(dtype, n:int, compile:bool=True):
     "Zero-argument callables that rotate `q` and `k` `[1, 32, n, 128]`, plus copy floors."
     from positional_embeddings_pytorch import rope
@@ -57,13 +57,14 @@ def _rotary_contenders(dtype, n:int, compile:bool=True):
     pos = torch.arange(n)
     inv_freq = 10000.0 ** (-torch.arange(0, e, 2, dtype=torch.float64) / e)
     ang = (pos[:, None].double() * inv_freq[None]).float()               # [n, e/2]
-    cos, sin = ang.cos().to(dtype), ang.sin().to(dtype)
-    ours = lambda: (rope.apply_rotary(q, cos, sin, 'half'), rope.apply_rotary(k, cos, sin, 'half'))
+    cosf, sinf = ang.cos(), ang.sin()                                      # ours: float32 angles, always
+    cos, sin = cosf.to(dtype), sinf.to(dtype)                              # the peers cast them to x's dtype
+    ours = lambda: (rope.apply_rotary(q, cosf, sinf, 'half'), rope.apply_rotary(k, cosf, sinf, 'half'))
     fns = {'copy_ (floor)': lambda: (outq.copy_(q), outk.copy_(k)),
            'clone()': lambda: (q.clone(), k.clone()),
            'ours (eager)': ours}
     if compile:
-        comp = torch.compile(lambda a, b: (rope.apply_rotary(a, cos, sin, 'half'), rope.apply_rotary(b, cos, sin, 'half')))
+        comp = torch.compile(lambda a, b: (rope.apply_rotary(a, cosf, sinf, 'half'), rope.apply_rotary(b, cosf, sinf, 'half')))
         fns['ours (compiled)'] = lambda: comp(q, k)
     try:
         from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
@@ -89,7 +90,7 @@ def bench_rotary(quick:bool=False, tiny:bool=False, compile:bool=True, progress=
         if progress: progress()
     return rows
 
-# %% ../nbs/92_bench.ipynb #3b1f4213
+# %% ../nbs/92_bench.ipynb #c0b212a0
 def _rss()->int:
     with open('/proc/self/statm') as f: return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
 
@@ -186,7 +187,7 @@ def run_memory_cell(scheme:str, path:str, L:int, timeout:float=900)->Optional[fl
     if r.returncode: return None
     return json.loads(r.stdout.strip().splitlines()[-1])
 
-# %% ../nbs/92_bench.ipynb #48c24546
+# %% ../nbs/92_bench.ipynb #4669e4f2
 def bench_train_time(schemes:list, L:int=1024, h:int=4, e:int=64, rounds:int=9, progress=None)->list:
     "Rows: (scheme, median ratio to plain sdpa, q1, q3)."
     torch.manual_seed(0)
@@ -202,7 +203,7 @@ def bench_train_time(schemes:list, L:int=1024, h:int=4, e:int=64, rounds:int=9, 
     if progress: progress()
     return [(k, *v) for k, v in st.items()]
 
-# %% ../nbs/92_bench.ipynb #50afe1d2
+# %% ../nbs/92_bench.ipynb #d7aa6c19
 def bench_bias_build(L:int=2048, h:int=8, e:int=64, rounds:int=9, progress=None)->list:
     "Rows: (what, median ratio to QK^T of [1, h, L, e], q1, q3)."
     torch.manual_seed(0)
@@ -232,7 +233,7 @@ def bench_bias_build(L:int=2048, h:int=8, e:int=64, rounds:int=9, progress=None)
     if progress: progress()
     return [(k, *v) for k, v in st.items()]
 
-# %% ../nbs/92_bench.ipynb #b4c1f65d
+# %% ../nbs/92_bench.ipynb #a7e79679
 class Progress:
     "A one-line progress bar on stderr."
     def __init__(self, total:int, label:str='pe bench'): self.total, self.done, self.label, self.t0 = total, 0, label, _now()
@@ -295,7 +296,7 @@ def run_bench(out_dir:str='bench_out', # where the table and plots go
     plot_results(res, out)
     return res
 
-# %% ../nbs/92_bench.ipynb #29c6fba1
+# %% ../nbs/92_bench.ipynb #4bfd8df4
 def results_markdown(res:dict)->str:
     "The results as markdown tables (ratios as median [q1, q3])."
     md = [f"# pe bench\n\n{res['machine']}{' (quick run)' if res.get('quick') else ''}{' (tiny run)' if res.get('tiny') else ''}\n"]
