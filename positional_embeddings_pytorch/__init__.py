@@ -6,13 +6,15 @@ __version__ = "0.1.0"
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/99_package.ipynb #72b60753
+# %% ../nbs/99_package.ipynb #3fb7bc8f
 from .core import *
 from .attention import *
 from .sinusoidal import *
 from .learned import *
 from .transformer_xl import *
 from .t5 import *
+from .tupe import *
+from .enformer import *
 from .alibi import *
 from .rope_scaling import *
 from .rope import *

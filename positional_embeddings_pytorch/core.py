@@ -6,13 +6,13 @@
 __all__ = ['check_positions', 'is_special', 'add_special_tokens', 'reset_special', 'check_qkv', 'causal_mask', 'check_attn_mask',
            'attention_mask', 'masked_softmax', 'reference_attention', 'PositionalEmbedding', 'NoPositionalEmbedding']
 
-# %% ../nbs/00_core.ipynb #74f46efc
+# %% ../nbs/00_core.ipynb #5e616921
 import math, torch
 from torch import nn, Tensor
 import torch.nn.functional as F
 from typing import Optional, Union
 
-# %% ../nbs/00_core.ipynb #c284186a
+# %% ../nbs/00_core.ipynb #491107ee
 def check_positions(positions:Optional[Tensor], # `[n]` or `[b, n]`, or `None` for `arange(n)`
                     n:int, # number of tokens the positions describe
                     b:Optional[int]=None, # batch size, if known
@@ -42,7 +42,7 @@ def check_positions(positions:Optional[Tensor], # `[n]` or `[b, n]`, or `None` f
         raise ValueError(f"`{name}` is on {positions.device} but the input is on {device}")
     return positions
 
-# %% ../nbs/00_core.ipynb #c6ecb168
+# %% ../nbs/00_core.ipynb #27405971
 def is_special(positions:Tensor)->Tensor:
     "Boolean mask of special tokens (negative positions)."
     return positions < 0
@@ -56,7 +56,7 @@ def add_special_tokens(positions:Tensor, # `[n]` or `[b, n]`
     special = special.expand(*positions.shape[:-1], num_special)
     return torch.cat([special, positions], -1)
 
-# %% ../nbs/00_core.ipynb #f9de789d
+# %% ../nbs/00_core.ipynb #16067c6d
 def reset_special(term:Tensor, # positional logits `[1|b, h, n, m]`
                   positions_q:Tensor, # `[1|b, n]`
                   positions_k:Tensor, # `[1|b, m]`
@@ -74,7 +74,7 @@ def reset_special(term:Tensor, # positional logits `[1|b, h, n, m]`
     row, col = reset[0].view(1, h, 1, 1).to(term.dtype), reset[1].view(1, h, 1, 1).to(term.dtype)
     return torch.where(sq, row, torch.where(sk, col, term))
 
-# %% ../nbs/00_core.ipynb #d28a11d5
+# %% ../nbs/00_core.ipynb #85af1ec5
 def check_qkv(q:Tensor, # `[b, h, n, e]`
               k:Tensor, # `[b, h, m, e]`
               v:Optional[Tensor]=None, # `[b, h, m, e_v]`
@@ -96,7 +96,7 @@ def check_qkv(q:Tensor, # `[b, h, n, e]`
         if t.dtype != q.dtype: raise TypeError(f"`q` has dtype {q.dtype} but `{name}` has {t.dtype}")
         if t.device != q.device: raise ValueError(f"`q` is on {q.device} but `{name}` is on {t.device}")
 
-# %% ../nbs/00_core.ipynb #8b41e9fc
+# %% ../nbs/00_core.ipynb #54e40210
 def causal_mask(positions_q:Tensor, # `[1|b, n]`
                 positions_k:Tensor, # `[1|b, m]`
                )->Tensor: # bool `[1|b, 1, n, m]`
@@ -127,7 +127,7 @@ def attention_mask(positions_q:Tensor, # `[1|b, n]`
     if attn_mask.dtype == torch.bool: return cm & attn_mask
     return attn_mask.masked_fill(~cm, float('-inf'))
 
-# %% ../nbs/00_core.ipynb #4d0a3e51
+# %% ../nbs/00_core.ipynb #611a564d
 def masked_softmax(logits:Tensor, # `[b, h, n, m]`
                    mask:Optional[Tensor]=None, # bool (True = visible) or additive float
                   )->Tensor:
@@ -146,7 +146,7 @@ def reference_attention(logits:Tensor, # `[b, h, n, m]` from `forward_attn`
     p = masked_softmax(logits, mask)
     return (p.to(v.dtype) @ v) if p.dtype != v.dtype else p @ v
 
-# %% ../nbs/00_core.ipynb #212919e2
+# %% ../nbs/00_core.ipynb #6b18f7e1
 def _flex():
     try:
         from torch.nn.attention.flex_attention import flex_attention, create_block_mask
@@ -165,7 +165,7 @@ def _overrides(obj, name:str)->bool:
     "Whether `type(obj)` overrides `PositionalEmbedding.<name>`."
     return getattr(type(obj), name) is not getattr(PositionalEmbedding, name)
 
-# %% ../nbs/00_core.ipynb #9f3788c8
+# %% ../nbs/00_core.ipynb #59e86136
 class PositionalEmbedding(nn.Module):
     "Base class of every scheme: positions go into the input, the logits, or the queries and keys."
     # Catalogue metadata, read by `pe list` and the property suite
@@ -352,8 +352,9 @@ class PositionalEmbedding(nn.Module):
     def _flex_attention(self, q, k, v, pq, pk, causal, attn_mask):
         fx = _flex()
         if fx is None: raise RuntimeError("FlexAttention needs torch >= 2.5")
-        if not self.flex_ready and self.has_qk_bias:
-            raise ValueError(f"{type(self).__name__} has content-dependent positional logits; use backend='sdpa'")
+        if not self.flex_ready and (self.has_bias or self.has_qk_bias):
+            what = 'content-dependent positional logits' if self.has_qk_bias else 'a bias that is not a pointwise `pair_bias`'
+            raise ValueError(f"{type(self).__name__} has {what}, which FlexAttention's score_mod cannot express; use backend='sdpa'")
         flex_attention, create_block_mask = fx
         b, h, n, e = q.shape
         m = k.shape[2]
@@ -396,7 +397,7 @@ class PositionalEmbedding(nn.Module):
         "Named instances that `pe check` and the property suite run (one per variant worth checking)."
         return {}
 
-# %% ../nbs/00_core.ipynb #c2b4f503
+# %% ../nbs/00_core.ipynb #a1640ddf
 class NoPositionalEmbedding(PositionalEmbedding):
     "No positional information: plain scaled dot-product attention (NoPE)."
     name, family = 'nope', 'none'
