@@ -6,7 +6,7 @@ __version__ = "0.1.0"
 # %% auto #0
 __all__ = []
 
-# %% ../nbs/99_package.ipynb #3fb7bc8f
+# %% ../nbs/99_package.ipynb #6c5afd26
 from .core import *
 from .attention import *
 from .sinusoidal import *
@@ -18,3 +18,4 @@ from .enformer import *
 from .alibi import *
 from .rope_scaling import *
 from .rope import *
+from .testing import check_scheme, SchemeReport, PropertyResult

@@ -7,7 +7,7 @@ __all__ = ['PEERS', 'paired_times', 'ratio_stats', 'bench_rotary', 'peak_rss_dur
            'run_memory_cell', 'bench_train_time', 'bench_bias_build', 'Progress', 'machine_info', 'memory_plan',
            'run_bench', 'results_markdown', 'plot_results']
 
-# %% ../nbs/92_bench.ipynb #4d664582
+# %% ../nbs/92_bench.ipynb #1d5905df
 import gc, json, math, os, platform, statistics, subprocess, sys, threading, time, random
 from pathlib import Path
 from typing import Callable, Optional
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 import positional_embeddings_pytorch as pep
 from .core import *
 
-# %% ../nbs/92_bench.ipynb #e36fe4bc
+# %% ../nbs/92_bench.ipynb #91783055
 def _now(): return time.perf_counter()
 
 def paired_times(fns:dict, # name -> zero-argument callable
@@ -47,7 +47,7 @@ def ratio_stats(times:dict, # from `paired_times`
         res[k] = (statistics.median(r), q[0], q[2])
     return res
 
-# %% ../nbs/92_bench.ipynb #886c11ae
+# %% ../nbs/92_bench.ipynb #f91fe5ea
 def _rotary_contenders(dtype, n:int, compile:bool=True):
     "Zero-argument callables that rotate `q` and `k` `[1, 32, n, 128]`, plus copy floors."
     from positional_embeddings_pytorch import rope
@@ -90,7 +90,7 @@ def bench_rotary(quick:bool=False, tiny:bool=False, compile:bool=True, progress=
         if progress: progress()
     return rows
 
-# %% ../nbs/92_bench.ipynb #c0b212a0
+# %% ../nbs/92_bench.ipynb #8c013acd
 def _rss()->int:
     with open('/proc/self/statm') as f: return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
 
@@ -117,15 +117,9 @@ def _scheme_instance(name:str, h:int, e:int):
     raise ValueError(f"no scheme named {name!r}; known: {[c.name for c in scheme_classes()]}")
 
 def scheme_classes()->list:
-    "Every scheme class in the package (subclasses of `PositionalEmbedding` with a `paper`)."
-    seen, out, todo = set(), [], [PositionalEmbedding]
-    while todo:
-        c = todo.pop(0)
-        for s in c.__subclasses__():
-            if s in seen: continue
-            seen.add(s); todo.append(s)
-            if s.paper and s.__module__.startswith('positional_embeddings_pytorch'): out.append(s)
-    return out
+    "The package's own scheme classes (the catalogue of `pe list`, without schemes defined elsewhere)."
+    from positional_embeddings_pytorch.cli import scheme_classes as catalogue
+    return [c for c in catalogue() if c.__module__.startswith('positional_embeddings_pytorch')]
 
 def _peer_bias(peer:str, L:int, h:int)->Tensor:
     if peer == 'x-transformers alibi':
@@ -187,7 +181,7 @@ def run_memory_cell(scheme:str, path:str, L:int, timeout:float=900)->Optional[fl
     if r.returncode: return None
     return json.loads(r.stdout.strip().splitlines()[-1])
 
-# %% ../nbs/92_bench.ipynb #4669e4f2
+# %% ../nbs/92_bench.ipynb #f80f48c3
 def bench_train_time(schemes:list, L:int=1024, h:int=4, e:int=64, rounds:int=9, progress=None)->list:
     "Rows: (scheme, median ratio to plain sdpa, q1, q3)."
     torch.manual_seed(0)
@@ -203,7 +197,7 @@ def bench_train_time(schemes:list, L:int=1024, h:int=4, e:int=64, rounds:int=9, 
     if progress: progress()
     return [(k, *v) for k, v in st.items()]
 
-# %% ../nbs/92_bench.ipynb #d7aa6c19
+# %% ../nbs/92_bench.ipynb #1d67197a
 def bench_bias_build(L:int=2048, h:int=8, e:int=64, rounds:int=9, progress=None)->list:
     "Rows: (what, median ratio to QK^T of [1, h, L, e], q1, q3)."
     torch.manual_seed(0)
@@ -233,7 +227,7 @@ def bench_bias_build(L:int=2048, h:int=8, e:int=64, rounds:int=9, progress=None)
     if progress: progress()
     return [(k, *v) for k, v in st.items()]
 
-# %% ../nbs/92_bench.ipynb #a7e79679
+# %% ../nbs/92_bench.ipynb #2db14d7b
 class Progress:
     "A one-line progress bar on stderr."
     def __init__(self, total:int, label:str='pe bench'): self.total, self.done, self.label, self.t0 = total, 0, label, _now()
@@ -296,7 +290,7 @@ def run_bench(out_dir:str='bench_out', # where the table and plots go
     plot_results(res, out)
     return res
 
-# %% ../nbs/92_bench.ipynb #4bfd8df4
+# %% ../nbs/92_bench.ipynb #7e8eb927
 def results_markdown(res:dict)->str:
     "The results as markdown tables (ratios as median [q1, q3])."
     md = [f"# pe bench\n\n{res['machine']}{' (quick run)' if res.get('quick') else ''}{' (tiny run)' if res.get('tiny') else ''}\n"]

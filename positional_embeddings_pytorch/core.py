@@ -6,13 +6,13 @@
 __all__ = ['check_positions', 'is_special', 'add_special_tokens', 'reset_special', 'check_qkv', 'causal_mask', 'check_attn_mask',
            'attention_mask', 'masked_softmax', 'reference_attention', 'PositionalEmbedding', 'NoPositionalEmbedding']
 
-# %% ../nbs/00_core.ipynb #5e616921
+# %% ../nbs/00_core.ipynb #461b04f5
 import math, torch
 from torch import nn, Tensor
 import torch.nn.functional as F
 from typing import Optional, Union
 
-# %% ../nbs/00_core.ipynb #491107ee
+# %% ../nbs/00_core.ipynb #f2b202dd
 def check_positions(positions:Optional[Tensor], # `[n]` or `[b, n]`, or `None` for `arange(n)`
                     n:int, # number of tokens the positions describe
                     b:Optional[int]=None, # batch size, if known
@@ -42,7 +42,7 @@ def check_positions(positions:Optional[Tensor], # `[n]` or `[b, n]`, or `None` f
         raise ValueError(f"`{name}` is on {positions.device} but the input is on {device}")
     return positions
 
-# %% ../nbs/00_core.ipynb #27405971
+# %% ../nbs/00_core.ipynb #12b6985f
 def is_special(positions:Tensor)->Tensor:
     "Boolean mask of special tokens (negative positions)."
     return positions < 0
@@ -56,7 +56,7 @@ def add_special_tokens(positions:Tensor, # `[n]` or `[b, n]`
     special = special.expand(*positions.shape[:-1], num_special)
     return torch.cat([special, positions], -1)
 
-# %% ../nbs/00_core.ipynb #16067c6d
+# %% ../nbs/00_core.ipynb #020a6ec5
 def reset_special(term:Tensor, # positional logits `[1|b, h, n, m]`
                   positions_q:Tensor, # `[1|b, n]`
                   positions_k:Tensor, # `[1|b, m]`
@@ -64,6 +64,8 @@ def reset_special(term:Tensor, # positional logits `[1|b, h, n, m]`
                   inplace:bool=False, # write into `term` (it must be a fresh tensor)
                  )->Tensor:
     "Replace the positional term of every pair that involves a special token."
+    if reset is None and not torch.compiler.is_compiling() and not (is_special(positions_q).any() or is_special(positions_k).any()):
+        return term  # eager, no special token: skip an n x m pass
     sq = is_special(positions_q)[:, None, :, None]
     sk = is_special(positions_k)[:, None, None, :]
     either = sq | sk
@@ -74,7 +76,7 @@ def reset_special(term:Tensor, # positional logits `[1|b, h, n, m]`
     row, col = reset[0].view(1, h, 1, 1).to(term.dtype), reset[1].view(1, h, 1, 1).to(term.dtype)
     return torch.where(sq, row, torch.where(sk, col, term))
 
-# %% ../nbs/00_core.ipynb #85af1ec5
+# %% ../nbs/00_core.ipynb #d0e849bf
 def check_qkv(q:Tensor, # `[b, h, n, e]`
               k:Tensor, # `[b, h, m, e]`
               v:Optional[Tensor]=None, # `[b, h, m, e_v]`
@@ -96,7 +98,7 @@ def check_qkv(q:Tensor, # `[b, h, n, e]`
         if t.dtype != q.dtype: raise TypeError(f"`q` has dtype {q.dtype} but `{name}` has {t.dtype}")
         if t.device != q.device: raise ValueError(f"`q` is on {q.device} but `{name}` is on {t.device}")
 
-# %% ../nbs/00_core.ipynb #54e40210
+# %% ../nbs/00_core.ipynb #74b6ec18
 def causal_mask(positions_q:Tensor, # `[1|b, n]`
                 positions_k:Tensor, # `[1|b, m]`
                )->Tensor: # bool `[1|b, 1, n, m]`
@@ -127,7 +129,7 @@ def attention_mask(positions_q:Tensor, # `[1|b, n]`
     if attn_mask.dtype == torch.bool: return cm & attn_mask
     return attn_mask.masked_fill(~cm, float('-inf'))
 
-# %% ../nbs/00_core.ipynb #611a564d
+# %% ../nbs/00_core.ipynb #46b9b4eb
 def masked_softmax(logits:Tensor, # `[b, h, n, m]`
                    mask:Optional[Tensor]=None, # bool (True = visible) or additive float
                   )->Tensor:
@@ -146,7 +148,7 @@ def reference_attention(logits:Tensor, # `[b, h, n, m]` from `forward_attn`
     p = masked_softmax(logits, mask)
     return (p.to(v.dtype) @ v) if p.dtype != v.dtype else p @ v
 
-# %% ../nbs/00_core.ipynb #6b18f7e1
+# %% ../nbs/00_core.ipynb #e3fbc6fb
 def _flex():
     try:
         from torch.nn.attention.flex_attention import flex_attention, create_block_mask
@@ -165,7 +167,7 @@ def _overrides(obj, name:str)->bool:
     "Whether `type(obj)` overrides `PositionalEmbedding.<name>`."
     return getattr(type(obj), name) is not getattr(PositionalEmbedding, name)
 
-# %% ../nbs/00_core.ipynb #59e86136
+# %% ../nbs/00_core.ipynb #09704107
 class PositionalEmbedding(nn.Module):
     "Base class of every scheme: positions go into the input, the logits, or the queries and keys."
     # Catalogue metadata, read by `pe list` and the property suite
@@ -240,11 +242,11 @@ class PositionalEmbedding(nn.Module):
                       positions:Optional[Tensor]=None, # `[n]` or `[b, n]`
                      )->Tensor: # `[b, n, d]`
         "Add absolute position information to `input_` (returned as is if the scheme has none)."
-        if not self.has_input: return input_
         if not isinstance(input_, Tensor) or input_.ndim != 3 or not input_.is_floating_point():
             raise ValueError(f"`input_` must be a float [b, n, d] tensor, got {getattr(input_, 'shape', type(input_))}")
         b, n, d = input_.shape
-        positions = self._positions(positions, n, b, 'positions', input_.device)
+        positions = self._positions(positions, n, b, 'positions', input_.device)  # validated even when unused
+        if not self.has_input: return input_
         emb = self.embed_positions(self._plain(positions), d)
         if not self.handles_special: emb = emb.masked_fill(is_special(positions)[..., None], 0.)
         return input_ + emb.to(input_.dtype)
@@ -330,12 +332,14 @@ class PositionalEmbedding(nn.Module):
         qt, kt = self.transform_qk(q, k, self._plain(pq), self._plain(pk))
         pos = self._positional_logits(q, k, pq, pk)
         scale = self.logit_scale(e)
-        if pos is None and attn_mask is None and (not causal or (n == m and (default_positions or _aligned(pq, pk)))):
+        # the ordinary self-attention layout: keys at consecutive positions ending with the queries'
+        aligned = causal and attn_mask is None and n == m and (default_positions or _aligned(pq, pk))
+        if pos is None and attn_mask is None and (not causal or aligned):
             # fully fused: no n x m tensor at all
             return F.scaled_dot_product_attention(qt, kt, v, is_causal=causal, scale=scale)
         mask = attention_mask(pq, pk, (q.shape[0], q.shape[1], n, m), causal, attn_mask)
         visible = None
-        if mask is not None:
+        if mask is not None and not aligned:  # with `aligned`, every query sees at least itself
             visible = mask.any(-1, keepdim=True) if mask.dtype == torch.bool else (mask != float('-inf')).any(-1, keepdim=True)
         if pos is not None:
             # `pos` is fresh (the hooks' contract), so the mask goes into it in place: one n x m tensor
@@ -397,7 +401,7 @@ class PositionalEmbedding(nn.Module):
         "Named instances that `pe check` and the property suite run (one per variant worth checking)."
         return {}
 
-# %% ../nbs/00_core.ipynb #a1640ddf
+# %% ../nbs/00_core.ipynb #1c7136bb
 class NoPositionalEmbedding(PositionalEmbedding):
     "No positional information: plain scaled dot-product attention (NoPE)."
     name, family = 'nope', 'none'
