@@ -7,7 +7,7 @@ __all__ = ['PEERS', 'paired_times', 'ratio_stats', 'bench_rotary', 'peak_rss_dur
            'run_memory_cell', 'bench_train_time', 'bench_bias_build', 'Progress', 'machine_info', 'memory_plan',
            'run_bench', 'results_markdown', 'plot_results']
 
-# %% ../nbs/92_bench.ipynb #1d5905df
+# %% ../nbs/92_bench.ipynb #13828599
 import gc, json, math, os, platform, statistics, subprocess, sys, threading, time, random
 from pathlib import Path
 from typing import Callable, Optional
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 import positional_embeddings_pytorch as pep
 from .core import *
 
-# %% ../nbs/92_bench.ipynb #91783055
+# %% ../nbs/92_bench.ipynb #f6894159
 def _now(): return time.perf_counter()
 
 def paired_times(fns:dict, # name -> zero-argument callable
@@ -47,7 +47,7 @@ def ratio_stats(times:dict, # from `paired_times`
         res[k] = (statistics.median(r), q[0], q[2])
     return res
 
-# %% ../nbs/92_bench.ipynb #f91fe5ea
+# %% ../nbs/92_bench.ipynb #0c82e036
 def _rotary_contenders(dtype, n:int, compile:bool=True):
     "Zero-argument callables that rotate `q` and `k` `[1, 32, n, 128]`, plus copy floors."
     from positional_embeddings_pytorch import rope
@@ -90,7 +90,7 @@ def bench_rotary(quick:bool=False, tiny:bool=False, compile:bool=True, progress=
         if progress: progress()
     return rows
 
-# %% ../nbs/92_bench.ipynb #8c013acd
+# %% ../nbs/92_bench.ipynb #0e108ecb
 def _rss()->int:
     with open('/proc/self/statm') as f: return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
 
@@ -181,7 +181,7 @@ def run_memory_cell(scheme:str, path:str, L:int, timeout:float=900)->Optional[fl
     if r.returncode: return None
     return json.loads(r.stdout.strip().splitlines()[-1])
 
-# %% ../nbs/92_bench.ipynb #f80f48c3
+# %% ../nbs/92_bench.ipynb #d31aa332
 def bench_train_time(schemes:list, L:int=1024, h:int=4, e:int=64, rounds:int=9, progress=None)->list:
     "Rows: (scheme, median ratio to plain sdpa, q1, q3)."
     torch.manual_seed(0)
@@ -197,7 +197,7 @@ def bench_train_time(schemes:list, L:int=1024, h:int=4, e:int=64, rounds:int=9, 
     if progress: progress()
     return [(k, *v) for k, v in st.items()]
 
-# %% ../nbs/92_bench.ipynb #1d67197a
+# %% ../nbs/92_bench.ipynb #5957b4b0
 def bench_bias_build(L:int=2048, h:int=8, e:int=64, rounds:int=9, progress=None)->list:
     "Rows: (what, median ratio to QK^T of [1, h, L, e], q1, q3)."
     torch.manual_seed(0)
@@ -227,7 +227,7 @@ def bench_bias_build(L:int=2048, h:int=8, e:int=64, rounds:int=9, progress=None)
     if progress: progress()
     return [(k, *v) for k, v in st.items()]
 
-# %% ../nbs/92_bench.ipynb #2db14d7b
+# %% ../nbs/92_bench.ipynb #df26b88a
 class Progress:
     "A one-line progress bar on stderr."
     def __init__(self, total:int, label:str='pe bench'): self.total, self.done, self.label, self.t0 = total, 0, label, _now()
@@ -253,7 +253,8 @@ def machine_info()->str:
 def memory_plan(quick:bool, tiny:bool):
     Ls = [256] if tiny else ([1024, 2048] if quick else [1024, 2048, 4096, 8192, 16384])
     names = [c.name for c in scheme_classes()]
-    want = [s for s in ('nope', 'rope', 'alibi', 't5', 'transformer_xl', 'enformer', 'tupe', 'sinusoidal') if s in names]
+    # sinusoidal and learned act on the input: their attention is NoPE's, so `nope` stands for them
+    want = [s for s in ('nope', 'rope', 'alibi', 't5', 'transformer_xl', 'enformer', 'tupe') if s in names]
     if tiny: want = want[:2]
     cells = []
     for s in want:
@@ -268,6 +269,7 @@ def run_bench(out_dir:str='bench_out', # where the table and plots go
               tiny:bool=False, # smallest shapes: checks the plumbing, measures nothing useful
               sections:tuple=('rotary', 'memory', 'time', 'bias'),
               compile:bool=True, # include compiled contenders
+              jobs:int=2, # memory cells measured at once (each in its own process)
              )->dict:
     "Run the benchmark sections, write `results.md`, `results.json` and PNG plots to `out_dir`."
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
@@ -276,10 +278,12 @@ def run_bench(out_dir:str='bench_out', # where the table and plots go
     prog = Progress(len(cells) + ('rotary' in sections) * 2 + ('time' in sections) + ('bias' in sections))
     if 'rotary' in sections: res['rotary'] = bench_rotary(quick, tiny, compile=compile and not tiny, progress=lambda: prog('rotary apply'))
     if 'memory' in sections:
-        res['memory'] = []
-        for s, p, L in cells:
-            res['memory'].append((s, p, L, run_memory_cell(s, p, L)))
-            prog(f"memory {s} {p} L={L}")
+        # each cell is its own process and measures its own resident size, so two run side by side
+        from concurrent.futures import ThreadPoolExecutor
+        def one(cell):
+            v = run_memory_cell(*cell); prog(f"memory {cell[0]} {cell[1]} L={cell[2]}")
+            return (*cell, v)
+        with ThreadPoolExecutor(max_workers=jobs) as ex: res['memory'] = list(ex.map(one, cells))
     names = [c.name for c in scheme_classes() if c.examples(64, 4)]
     if 'time' in sections:
         res['time'] = bench_train_time(names, L=128 if tiny else (512 if quick else 2048), rounds=3 if tiny else (7 if quick else 15), progress=lambda: prog('train time'))
@@ -290,7 +294,7 @@ def run_bench(out_dir:str='bench_out', # where the table and plots go
     plot_results(res, out)
     return res
 
-# %% ../nbs/92_bench.ipynb #7e8eb927
+# %% ../nbs/92_bench.ipynb #f96d6a0b
 def results_markdown(res:dict)->str:
     "The results as markdown tables (ratios as median [q1, q3])."
     md = [f"# pe bench\n\n{res['machine']}{' (quick run)' if res.get('quick') else ''}{' (tiny run)' if res.get('tiny') else ''}\n"]
