@@ -148,6 +148,7 @@ def _ddp_worker(rank, world, init_file, out_dir):
     mine = tokens[rank * 2:(rank + 1) * 2]
     F.cross_entropy(ddp(mine).flatten(0, 1), mine.flatten()).backward()
     torch.save({n: p.grad for n, p in model.named_parameters()}, os.path.join(out_dir, f'grad{rank}.pt'))
+    dist.barrier()  # neither process tears gloo down while the other still talks to it
     dist.destroy_process_group()
 
 
