@@ -7,7 +7,7 @@ __all__ = ['PEERS', 'paired_times', 'ratio_stats', 'bench_rotary', 'peak_rss_dur
            'run_memory_cell', 'bench_train_time', 'bench_bias_build', 'Progress', 'machine_info', 'memory_plan',
            'run_bench', 'results_markdown', 'plot_results']
 
-# %% ../nbs/92_bench.ipynb #59448543
+# %% ../nbs/92_bench.ipynb #6806fccf
 import gc, json, math, os, platform, statistics, subprocess, sys, threading, time, random
 from pathlib import Path
 from typing import Callable, Optional
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 import positional_embeddings_pytorch as pep
 from .core import *
 
-# %% ../nbs/92_bench.ipynb #fafd296c
+# %% ../nbs/92_bench.ipynb #67b65d76
 def _now(): return time.perf_counter()
 
 def paired_times(fns:dict, # name -> zero-argument callable
@@ -47,7 +47,7 @@ def ratio_stats(times:dict, # from `paired_times`
         res[k] = (statistics.median(r), q[0], q[2])
     return res
 
-# %% ../nbs/92_bench.ipynb #fa47f50c
+# %% ../nbs/92_bench.ipynb #5534ada0
 def _rotary_contenders(dtype, n:int, compile:bool=True):
     "Zero-argument callables that rotate `q` and `k` `[1, 32, n, 128]`, plus copy floors."
     from positional_embeddings_pytorch import rope
@@ -90,7 +90,7 @@ def bench_rotary(quick:bool=False, tiny:bool=False, compile:bool=True, progress=
         if progress: progress()
     return rows
 
-# %% ../nbs/92_bench.ipynb #a2978ac2
+# %% ../nbs/92_bench.ipynb #8febdd5b
 def _rss()->int:
     with open('/proc/self/statm') as f: return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
 
@@ -188,7 +188,7 @@ def run_memory_cell(scheme:str, path:str, L:int, timeout:float=900)->Optional[fl
     if r.returncode: return None
     return json.loads(r.stdout.strip().splitlines()[-1])
 
-# %% ../nbs/92_bench.ipynb #d356acb2
+# %% ../nbs/92_bench.ipynb #93ab6522
 def bench_train_time(schemes:list, L:int=1024, h:int=4, e:int=64, rounds:int=9, progress=None)->list:
     "Rows: (scheme, median ratio to plain sdpa, q1, q3)."
     torch.manual_seed(0)
@@ -207,7 +207,7 @@ def bench_train_time(schemes:list, L:int=1024, h:int=4, e:int=64, rounds:int=9, 
     if progress: progress()
     return [(k, *v) for k, v in st.items()]
 
-# %% ../nbs/92_bench.ipynb #ded7985c
+# %% ../nbs/92_bench.ipynb #e43cf972
 def bench_bias_build(L:int=2048, h:int=8, e:int=64, rounds:int=9, progress=None)->list:
     "Rows: (what, median ratio to QK^T of [1, h, L, e], q1, q3)."
     torch.manual_seed(0)
@@ -236,7 +236,7 @@ def bench_bias_build(L:int=2048, h:int=8, e:int=64, rounds:int=9, progress=None)
     if progress: progress()
     return [(k, *v) for k, v in st.items()]
 
-# %% ../nbs/92_bench.ipynb #72d17e75
+# %% ../nbs/92_bench.ipynb #a30c08c2
 class Progress:
     "A one-line progress bar on stderr."
     def __init__(self, total:int, label:str='pe bench'): self.total, self.done, self.label, self.t0 = total, 0, label, _now()
@@ -308,7 +308,7 @@ def run_bench(out_dir:str='bench_out', # where the table and plots go
     plot_results(res, out)
     return res
 
-# %% ../nbs/92_bench.ipynb #590d65c6
+# %% ../nbs/92_bench.ipynb #a21e771d
 def results_markdown(res:dict)->str:
     "The results as markdown tables (ratios as median [q1, q3])."
     md = [f"# pe bench\n\n{res['machine']}{' (quick run)' if res.get('quick') else ''}{' (tiny run)' if res.get('tiny') else ''}\n"]
