@@ -5,9 +5,9 @@
 # %% auto #0
 __all__ = ['PEERS', 'paired_times', 'ratio_stats', 'bench_rotary', 'peak_rss_during', 'scheme_classes', 'memory_cell',
            'run_memory_cell', 'bench_train_time', 'bench_bias_build', 'Progress', 'machine_info', 'memory_plan',
-           'run_bench', 'results_markdown', 'plot_results']
+           'missing_peers', 'run_bench', 'results_markdown', 'plot_results']
 
-# %% ../nbs/92_bench.ipynb #6806fccf
+# %% ../nbs/92_bench.ipynb #3aeb8718
 import gc, json, math, os, platform, statistics, subprocess, sys, threading, time, random
 from pathlib import Path
 from typing import Callable, Optional
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 import positional_embeddings_pytorch as pep
 from .core import *
 
-# %% ../nbs/92_bench.ipynb #67b65d76
+# %% ../nbs/92_bench.ipynb #7130e719
 def _now(): return time.perf_counter()
 
 def paired_times(fns:dict, # name -> zero-argument callable
@@ -47,7 +47,7 @@ def ratio_stats(times:dict, # from `paired_times`
         res[k] = (statistics.median(r), q[0], q[2])
     return res
 
-# %% ../nbs/92_bench.ipynb #5534ada0
+# %% ../nbs/92_bench.ipynb #f0942f59
 def _rotary_contenders(dtype, n:int, compile:bool=True):
     "Zero-argument callables that rotate `q` and `k` `[1, 32, n, 128]`, plus copy floors."
     from positional_embeddings_pytorch import rope
@@ -90,7 +90,7 @@ def bench_rotary(quick:bool=False, tiny:bool=False, compile:bool=True, progress=
         if progress: progress()
     return rows
 
-# %% ../nbs/92_bench.ipynb #8febdd5b
+# %% ../nbs/92_bench.ipynb #3a60390e
 def _rss()->int:
     with open('/proc/self/statm') as f: return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
 
@@ -188,7 +188,7 @@ def run_memory_cell(scheme:str, path:str, L:int, timeout:float=900)->Optional[fl
     if r.returncode: return None
     return json.loads(r.stdout.strip().splitlines()[-1])
 
-# %% ../nbs/92_bench.ipynb #93ab6522
+# %% ../nbs/92_bench.ipynb #55b82bbb
 def bench_train_time(schemes:list, L:int=1024, h:int=4, e:int=64, rounds:int=9, progress=None)->list:
     "Rows: (scheme, median ratio to plain sdpa, q1, q3)."
     torch.manual_seed(0)
@@ -207,7 +207,7 @@ def bench_train_time(schemes:list, L:int=1024, h:int=4, e:int=64, rounds:int=9, 
     if progress: progress()
     return [(k, *v) for k, v in st.items()]
 
-# %% ../nbs/92_bench.ipynb #e43cf972
+# %% ../nbs/92_bench.ipynb #9e7a2418
 def bench_bias_build(L:int=2048, h:int=8, e:int=64, rounds:int=9, progress=None)->list:
     "Rows: (what, median ratio to QK^T of [1, h, L, e], q1, q3)."
     torch.manual_seed(0)
@@ -236,7 +236,7 @@ def bench_bias_build(L:int=2048, h:int=8, e:int=64, rounds:int=9, progress=None)
     if progress: progress()
     return [(k, *v) for k, v in st.items()]
 
-# %% ../nbs/92_bench.ipynb #a30c08c2
+# %% ../nbs/92_bench.ipynb #9ab67487
 class Progress:
     "A one-line progress bar on stderr."
     def __init__(self, total:int, label:str='pe bench'): self.total, self.done, self.label, self.t0 = total, 0, label, _now()
@@ -270,8 +270,19 @@ def memory_plan(quick:bool, tiny:bool):
         pe = _scheme_instance(s, 1, 64)
         paths = ['naive', 'sdpa'] + (['flex'] if pe.flex_ready and not tiny else []) + ([] if tiny else ['train'])
         cells += [(s, p, L) for p in paths for L in Ls]
-    cells += [] if tiny else [(peer, 'peer', L) for peer in PEERS for L in Ls]
+    have = set(PEERS) - set(missing_peers()[1])
+    cells += [] if tiny else [(peer, 'peer', L) for peer in PEERS if peer in have for L in Ls]
     return cells
+
+_PEER_MODULES = {'transformers': 'transformers', 'rotary-embedding-torch': 'rotary_embedding_torch',
+                 'x-transformers': 'x_transformers', 'enformer-pytorch': 'enformer_pytorch', 'matplotlib': 'matplotlib'}
+
+def missing_peers()->tuple:
+    "(packages not installed, memory peers that need them): what a run leaves out, said rather than hidden."
+    import importlib.util
+    gone = [p for p, m in _PEER_MODULES.items() if importlib.util.find_spec(m) is None]
+    peers = [p for p in PEERS if p.split(' ')[0] in gone]
+    return gone, peers
 
 def run_bench(out_dir:str='bench_out', # where the table and plots go
               quick:bool=False, # a run of a couple of minutes on a 2-core CPU
@@ -282,7 +293,10 @@ def run_bench(out_dir:str='bench_out', # where the table and plots go
              )->dict:
     "Run the benchmark sections, write `results.md`, `results.json` and PNG plots to `out_dir`."
     out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
-    res = {'machine': machine_info(), 'quick': quick, 'tiny': tiny}
+    res = {'machine': machine_info(), 'quick': quick, 'tiny': tiny, 'left_out': missing_peers()[0]}
+    if res['left_out']:
+        print(f"pe bench: not installed, so left out: {', '.join(res['left_out'])} "
+              "(pip install 'positional-embeddings-pytorch[bench]' brings them)", file=sys.stderr)
     cells = memory_plan(quick, tiny) if 'memory' in sections else []
     prog = Progress(len(cells) + ('rotary' in sections) * 2 + ('time' in sections) + ('bias' in sections))
     if 'rotary' in sections: res['rotary'] = bench_rotary(quick, tiny, compile=compile and not tiny, progress=lambda: prog('rotary apply'))
@@ -308,10 +322,11 @@ def run_bench(out_dir:str='bench_out', # where the table and plots go
     plot_results(res, out)
     return res
 
-# %% ../nbs/92_bench.ipynb #a21e771d
+# %% ../nbs/92_bench.ipynb #c44b020e
 def results_markdown(res:dict)->str:
     "The results as markdown tables (ratios as median [q1, q3])."
     md = [f"# pe bench\n\n{res['machine']}{' (quick run)' if res.get('quick') else ''}{' (tiny run)' if res.get('tiny') else ''}\n"]
+    if res.get('left_out'): md.append(f"Not installed, so left out of this run: {', '.join(res['left_out'])}.\n")
     if 'rotary' in res:
         md += ["## Rotary apply, q and k, ratio to `copy_` into a preallocated tensor\n",
                "| dtype | contender | time / copy_ | working set |", "|---|---|---|---|"]
