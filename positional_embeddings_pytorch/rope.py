@@ -6,7 +6,7 @@
 __all__ = ['rope_angles', 'apply_rotary_simple', 'apply_rotary', 'layout_permutation', 'permute_qk_weight', 'permute_qk_bias',
            'xpos_zeta', 'xpos_scale', 'RotaryPositionalEmbedding', 'AxialRotaryPositionalEmbedding']
 
-# %% ../nbs/20_rope.ipynb #98e55276
+# %% ../nbs/20_rope.ipynb #4257c467
 import math, torch
 from torch import nn, Tensor
 import torch.nn.functional as F
@@ -14,7 +14,7 @@ from typing import Optional
 from .core import *
 from .rope_scaling import rope_frequencies, rope_scaling_is_dynamic, rope_scaling_type
 
-# %% ../nbs/20_rope.ipynb #e4be0845
+# %% ../nbs/20_rope.ipynb #9dbad3a2
 _LAYOUTS = ('half', 'interleaved')
 
 def _check_layout(layout, name='layout'):
@@ -35,17 +35,21 @@ def rope_angles(positions:Tensor, # integer positions `[..., n]`
     if inv_freq.ndim != 1: raise ValueError(f"`inv_freq` must be [r/2], got shape {list(inv_freq.shape)}")
     return positions.to(dtype)[..., None] * inv_freq.to(dtype)
 
+def _check_rotary_args(x:Tensor, cos:Tensor, sin:Tensor, layout:str):
+    _check_layout(layout)
+    if cos.shape != sin.shape: raise ValueError(f"`cos` is {list(cos.shape)} but `sin` is {list(sin.shape)}")
+    if 2 * cos.shape[-1] > x.shape[-1]:
+        raise ValueError(f"`cos` and `sin` rotate {2 * cos.shape[-1]} features but `x` has only {x.shape[-1]}")
+
 def apply_rotary_simple(x:Tensor, # `[..., e]` queries or keys
                  cos:Tensor, # `[..., r/2]`, broadcastable to `x`'s leading dims
                  sin:Tensor, # `[..., r/2]`, same shape as `cos`
                  layout:str='half', # 'half': pairs (k, k+r/2); 'interleaved': pairs (2k, 2k+1)
                 )->Tensor: # `[..., e]`, `x`'s dtype
     "The readable rotation: rotate the first `r = 2*cos.shape[-1]` features of `x` pair by pair, pass the rest through."
-    _check_layout(layout)
-    if cos.shape != sin.shape: raise ValueError(f"`cos` is {list(cos.shape)} but `sin` is {list(sin.shape)}")
+    _check_rotary_args(x, cos, sin, layout)
     half, e = cos.shape[-1], x.shape[-1]
     r = 2 * half
-    if r > e: raise ValueError(f"`cos` and `sin` rotate {r} features but `x` has only {e}")
     ct = torch.promote_types(x.dtype, cos.dtype)  # at least the dtype of the angles (float32)
     xr = x[..., :r].to(ct)
     x1, x2 = (xr[..., :half], xr[..., half:]) if layout == 'half' else (xr[..., 0::2], xr[..., 1::2])
@@ -54,7 +58,7 @@ def apply_rotary_simple(x:Tensor, # `[..., e]` queries or keys
     y = y.to(x.dtype)
     return y if r == e else torch.cat([y, x[..., r:]], -1)
 
-# %% ../nbs/20_rope.ipynb #2b32816b
+# %% ../nbs/20_rope.ipynb #bd875584
 def _rotate_into(out:Tensor, x:Tensor, cos:Tensor, sin:Tensor, layout:str):
     "Write the rotation of `x`'s first `r` features into `out` (same shape) with four passes and no temporaries."
     half = cos.shape[-1]
@@ -93,17 +97,14 @@ def apply_rotary(x:Tensor, # `[..., e]` queries or keys
                  layout:str='half', # 'half': pairs (k, k+r/2); 'interleaved': pairs (2k, 2k+1)
                 )->Tensor: # `[..., e]`, `x`'s dtype
     "Rotate the first `r = 2*cos.shape[-1]` features of `x` pair by pair; features `r..e-1` pass through."
-    _check_layout(layout)
-    if cos.shape != sin.shape: raise ValueError(f"`cos` is {list(cos.shape)} but `sin` is {list(sin.shape)}")
-    r, e = 2 * cos.shape[-1], x.shape[-1]
-    if r > e: raise ValueError(f"`cos` and `sin` rotate {r} features but `x` has only {e}")
     grad = torch.is_grad_enabled()
     if torch.compiler.is_compiling() or (grad and (cos.requires_grad or sin.requires_grad)):
         return apply_rotary_simple(x, cos, sin, layout)   # compiled: Inductor fuses it into one kernel
+    _check_rotary_args(x, cos, sin, layout)
     if grad and x.requires_grad: return _Rotary.apply(x, cos, sin, layout)
     return _apply_rotary_eager(x, cos, sin, layout)
 
-# %% ../nbs/20_rope.ipynb #6552bc02
+# %% ../nbs/20_rope.ipynb #91145282
 def layout_permutation(head_dim:int, # head width `e`
                        rotary_dim:Optional[int]=None, # rotated features `r` (default: `head_dim`)
                        from_layout:str='interleaved', to_layout:str='half',
@@ -139,7 +140,7 @@ def permute_qk_bias(b:Tensor, # `[num_heads*head_dim]` bias of a query or key pr
     if b.ndim != 1: raise ValueError(f"`b` must be a bias [num_heads*head_dim], got shape {list(b.shape)}")
     return permute_qk_weight(b, num_heads, head_dim, rotary_dim, from_layout, to_layout)
 
-# %% ../nbs/20_rope.ipynb #c6b570bc
+# %% ../nbs/20_rope.ipynb #c0ba6b10
 def xpos_zeta(rotary_dim:int, # rotated features `r`
               gamma:float=0.4, # xPos's offset (0.4 in the paper and in torchscale)
              )->Tensor: # `[r/2]` float32, in `[gamma/(1+gamma), 1)`
@@ -154,7 +155,7 @@ def xpos_scale(offsets:Tensor, # integer `[..., n]`: position minus the centre (
     "xPos factors `zeta_k ** (offset / scale_base)`, computed in float32/float64."
     return torch.exp(offsets.to(dtype)[..., None] / scale_base * zeta.to(dtype).log())
 
-# %% ../nbs/20_rope.ipynb #ab424ab2
+# %% ../nbs/20_rope.ipynb #a8bf85a0
 class RotaryPositionalEmbedding(PositionalEmbedding):
     "Rotary position embedding (RoPE): rotate feature pairs of `q` and `k` by angles proportional to their positions."
     name, family, absolute = 'rope', 'rotary', False
@@ -322,7 +323,7 @@ class RotaryPositionalEmbedding(PositionalEmbedding):
                                       'high_freq_factor': 4.0, 'original_max_position_embeddings': L0}),
         }
 
-# %% ../nbs/20_rope.ipynb #08457c98
+# %% ../nbs/20_rope.ipynb #17cfc713
 class AxialRotaryPositionalEmbedding(RotaryPositionalEmbedding):
     "2D axial RoPE: the first half of the rotary features turns with the row, the second half with the column."
     name, family, absolute = 'rope-axial', 'rotary', False
