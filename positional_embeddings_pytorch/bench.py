@@ -7,7 +7,7 @@ __all__ = ['PEERS', 'paired_times', 'ratio_stats', 'bench_rotary', 'peak_rss_dur
            'run_memory_cell', 'bench_train_time', 'bench_bias_build', 'Progress', 'machine_info', 'memory_plan',
            'missing_peers', 'run_bench', 'results_markdown', 'plot_results']
 
-# %% ../nbs/92_bench.ipynb #3aeb8718
+# %% ../nbs/92_bench.ipynb #3c0f0fff
 import gc, json, math, os, platform, statistics, subprocess, sys, threading, time, random
 from pathlib import Path
 from typing import Callable, Optional
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 import positional_embeddings_pytorch as pep
 from .core import *
 
-# %% ../nbs/92_bench.ipynb #7130e719
+# %% ../nbs/92_bench.ipynb #33a73945
 def _now(): return time.perf_counter()
 
 def paired_times(fns:dict, # name -> zero-argument callable
@@ -47,7 +47,7 @@ def ratio_stats(times:dict, # from `paired_times`
         res[k] = (statistics.median(r), q[0], q[2])
     return res
 
-# %% ../nbs/92_bench.ipynb #f0942f59
+# %% ../nbs/92_bench.ipynb #65fef899
 def _rotary_contenders(dtype, n:int, compile:bool=True):
     "Zero-argument callables that rotate `q` and `k` `[1, 32, n, 128]`, plus copy floors."
     from positional_embeddings_pytorch import rope
@@ -90,7 +90,7 @@ def bench_rotary(quick:bool=False, tiny:bool=False, compile:bool=True, progress=
         if progress: progress()
     return rows
 
-# %% ../nbs/92_bench.ipynb #3a60390e
+# %% ../nbs/92_bench.ipynb #e1f5ebec
 def _rss()->int:
     with open('/proc/self/statm') as f: return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
 
@@ -188,7 +188,7 @@ def run_memory_cell(scheme:str, path:str, L:int, timeout:float=900)->Optional[fl
     if r.returncode: return None
     return json.loads(r.stdout.strip().splitlines()[-1])
 
-# %% ../nbs/92_bench.ipynb #55b82bbb
+# %% ../nbs/92_bench.ipynb #74890ec3
 def bench_train_time(schemes:list, L:int=1024, h:int=4, e:int=64, rounds:int=9, progress=None)->list:
     "Rows: (scheme, median ratio to plain sdpa, q1, q3)."
     torch.manual_seed(0)
@@ -207,7 +207,7 @@ def bench_train_time(schemes:list, L:int=1024, h:int=4, e:int=64, rounds:int=9, 
     if progress: progress()
     return [(k, *v) for k, v in st.items()]
 
-# %% ../nbs/92_bench.ipynb #9e7a2418
+# %% ../nbs/92_bench.ipynb #ba60ec8c
 def bench_bias_build(L:int=2048, h:int=8, e:int=64, rounds:int=9, progress=None)->list:
     "Rows: (what, median ratio to QK^T of [1, h, L, e], q1, q3)."
     torch.manual_seed(0)
@@ -236,7 +236,7 @@ def bench_bias_build(L:int=2048, h:int=8, e:int=64, rounds:int=9, progress=None)
     if progress: progress()
     return [(k, *v) for k, v in st.items()]
 
-# %% ../nbs/92_bench.ipynb #9ab67487
+# %% ../nbs/92_bench.ipynb #87a785b6
 class Progress:
     "A one-line progress bar on stderr."
     def __init__(self, total:int, label:str='pe bench'): self.total, self.done, self.label, self.t0 = total, 0, label, _now()
@@ -322,7 +322,7 @@ def run_bench(out_dir:str='bench_out', # where the table and plots go
     plot_results(res, out)
     return res
 
-# %% ../nbs/92_bench.ipynb #c44b020e
+# %% ../nbs/92_bench.ipynb #decd7530
 def results_markdown(res:dict)->str:
     "The results as markdown tables (ratios as median [q1, q3])."
     md = [f"# pe bench\n\n{res['machine']}{' (quick run)' if res.get('quick') else ''}{' (tiny run)' if res.get('tiny') else ''}\n"]
@@ -365,12 +365,16 @@ def plot_results(res:dict, out:Path):
         ax.set_title('Rotary apply (q and k) vs the memory-bandwidth floor')
         fig.tight_layout(); fig.savefig(out / 'rotary.png', dpi=110); plt.close(fig)
     if 'memory' in res:
-        fig, ax = plt.subplots(figsize=(8, 4.5))
+        fig, ax = plt.subplots(figsize=(9, 5))
         rows = {}
         for s, p, L, v in res['memory']:
-            if v is not None: rows.setdefault(f"{s} / {p}", []).append((L, max(v, 1e-3)))
-        for i, (k, pts) in enumerate(sorted(rows.items())):
-            ax.plot(*zip(*sorted(pts)), marker='o', ls='--' if '/ peer' in k else '-', label=k, color=f"C{i % 10}")
+            if v is not None: rows.setdefault((s, p), []).append((L, max(v, 1e-3)))
+        schemes = sorted({s for s, _ in rows})
+        styles = {'naive': ':', 'sdpa': '-', 'flex': '-', 'train': '--', 'peer': '-.'}
+        marks = {'naive': 'x', 'sdpa': 'o', 'flex': 's', 'train': '^', 'peer': 'd'}
+        for (s, p), pts in sorted(rows.items()):
+            ax.plot(*zip(*sorted(pts)), ls=styles.get(p, '-'), marker=marks.get(p, 'o'), label=f"{s} / {p}",
+                    color=plt.cm.tab10(schemes.index(s) % 10))
         ax.set_xscale('log', base=2); ax.set_yscale('log'); ax.set_xlabel('L'); ax.set_ylabel('peak / one L x L float32')
-        ax.legend(fontsize=6, ncol=2); ax.set_title('Peak memory of one attention call')
+        ax.legend(fontsize=6, ncol=3, loc='center right'); ax.set_title('Peak memory of one attention call (colour: scheme, line: path)')
         fig.tight_layout(); fig.savefig(out / 'memory.png', dpi=110); plt.close(fig)
