@@ -8,7 +8,7 @@ __all__ = ['TOL', 'PROPERTIES', 'LOW_PRECISION_ULPS', 'PropertyResult', 'SchemeR
            'check_special_tokens', 'check_state_dict', 'check_low_precision', 'check_compile', 'check_errors',
            'check_scheme']
 
-# %% ../nbs/90_testing.ipynb #c8cb0ab3
+# %% ../nbs/90_testing.ipynb #7bb2b992
 import copy, functools, math, warnings
 from dataclasses import dataclass, field
 from typing import Callable, Optional, Union
@@ -17,7 +17,7 @@ from torch import nn, Tensor
 from .core import *
 from .core import _flex
 
-# %% ../nbs/90_testing.ipynb #b7da0f2a
+# %% ../nbs/90_testing.ipynb #48af95a8
 @dataclass
 class PropertyResult:
     "The outcome of one property on one scheme."
@@ -66,7 +66,7 @@ class SchemeReport:
     __repr__ = to_markdown
     def _repr_markdown_(self): return self.to_markdown()
 
-# %% ../nbs/90_testing.ipynb #b752acdb
+# %% ../nbs/90_testing.ipynb #be48f42d
 TOL = 1e-4 # relative tolerance of the structural properties (float64) and of the backends (float32)
 
 class _Tally:
@@ -105,7 +105,7 @@ class _Tally:
         if self.notes: detail += '; ' + '; '.join(self.notes)
         return PropertyResult(name, 'holds', expected, detail)
 
-# %% ../nbs/90_testing.ipynb #8beb3bc5
+# %% ../nbs/90_testing.ipynb #ffff3532
 def _prepared(pe:nn.Module, dtype=torch.float64, seed:int=0)->nn.Module:
     "A copy of `pe` in eval mode, zero parameters randomised (seeded), cast to `dtype`."
     pe = copy.deepcopy(pe).eval()
@@ -126,6 +126,15 @@ class _Rand:
         self.g, self.device, self.dtype = torch.Generator().manual_seed(seed), device, dtype
     def __call__(self, *shape, scale=1.):
         return (scale * torch.randn(*shape, generator=self.g, dtype=torch.float64)).to(self.device, self.dtype)
+    def qkvx(self, b, h, n, e, d):
+        "Queries, keys, values `[b, h, n, e]` and embeddings `[b, n, d]`, drawn in that order."
+        return self(b, h, n, e), self(b, h, n, e), self(b, h, n, e), self(b, n, d)
+
+def _start(pe, seed, d_model, num_heads):
+    "What every property starts from: a prepared float64 copy, a tally, the device, seeded draws, `h` and `e`."
+    s = _prepared(pe, seed=seed)
+    dev = _device(s)
+    return s, _Tally(), dev, _Rand(seed, dev), num_heads, d_model // num_heads
 
 def _resolve_heads(pe, d_model:int, num_heads:Optional[int]):
     "Heads `h` and head width `e` for the checks."
@@ -146,7 +155,7 @@ def _short(ex:Exception)->str:
     msg = str(ex).strip().splitlines()
     return (msg[0][:200] if msg else '')
 
-# %% ../nbs/90_testing.ipynb #039f011e
+# %% ../nbs/90_testing.ipynb #125f77a5
 PROPERTIES = [] # the property functions, in the order `check_scheme` runs them
 
 def _property(name:str, expected:Callable=lambda pe: True):
@@ -177,12 +186,11 @@ def _heads(x:Tensor, h:int)->Tensor:
     b, n, d = x.shape
     return x.view(b, n, h, d // h).transpose(1, 2)
 
-# %% ../nbs/90_testing.ipynb #b32a3eb2
+# %% ../nbs/90_testing.ipynb #b28ebe5f
 @_property('shift_invariance', expected=lambda pe: not pe.absolute)
 def check_shift_invariance(pe:PositionalEmbedding, *, d_model:int=64, num_heads:Optional[int]=None, seed:int=0):
     "Logits unchanged when every position shifts by the same amount (expected iff `not pe.absolute`)."
-    s, t = _prepared(pe, seed=seed), _Tally()
-    dev = _device(s); r = _Rand(seed, dev); h, e = num_heads, d_model // num_heads
+    s, t, dev, r, h, e = _start(pe, seed, d_model, num_heads)
     b, n = 2, 6
     q, k = r(b, h, n, e), r(b, h, n, e)
     x, wq, wk = r(b, n, d_model), r(d_model, d_model, scale=d_model ** -0.5), r(d_model, d_model, scale=d_model ** -0.5)
@@ -200,14 +208,13 @@ def check_shift_invariance(pe:PositionalEmbedding, *, d_model:int=64, num_heads:
         t.close(f"input->attn/gaps+{shift}", pipeline(gaps + shift), pipeline(gaps))
     return t
 
-# %% ../nbs/90_testing.ipynb #f492c4b0
+# %% ../nbs/90_testing.ipynb #86b7196f
 def _kv_chunks(total:int=8): return (3, 1, 2, 1, 1)
 
 @_property('kv_cache')
 def check_kv_cache(pe:PositionalEmbedding, *, d_model:int=64, num_heads:Optional[int]=None, seed:int=0):
     "Chunked prefill and decoding with explicit positions (and a model's KV cache) equal the full causal pass."
-    s, t = _prepared(pe, seed=seed), _Tally()
-    dev = _device(s); r = _Rand(seed, dev); h, e = num_heads, d_model // num_heads
+    s, t, dev, r, h, e = _start(pe, seed, d_model, num_heads)
     b, N, chunks = 2, 8, _kv_chunks()
     q, k, v = r(b, h, N, e), r(b, h, N, e), r(b, h, N, e)
     pos = torch.arange(N, device=dev)
@@ -250,15 +257,14 @@ def _model_kv_cache(s, t, d_model, h, seed, dev, chunks):
             outs.append(model(tokens[:, past:past + c], cache=cache)); past += c
         t.close('Transformer+cache (implicit positions)', torch.cat(outs, 1), full)
 
-# %% ../nbs/90_testing.ipynb #2e19bf97
+# %% ../nbs/90_testing.ipynb #592bb168
 @_property('packing')
 def check_packing(pe:PositionalEmbedding, *, d_model:int=64, num_heads:Optional[int]=None, seed:int=0):
     "Two documents packed in a row (positions restart at 0, block-diagonal mask) equal each document run alone."
-    s, t = _prepared(pe, seed=seed), _Tally()
-    dev = _device(s); r = _Rand(seed, dev); h, e = num_heads, d_model // num_heads
+    s, t, dev, r, h, e = _start(pe, seed, d_model, num_heads)
     packs = [(3, 5), (5, 3)]
     n = sum(packs[0])
-    q, k, v, x = r(2, h, n, e), r(2, h, n, e), r(2, h, n, e), r(2, n, d_model)
+    q, k, v, x = r.qkvx(2, h, n, e, d_model)
     pos = torch.stack([torch.cat([torch.arange(l) for l in p]) for p in packs]).to(dev)
     doc = torch.stack([torch.cat([torch.full((l,), i) for i, l in enumerate(p)]) for p in packs]).to(dev)
     block = doc[:, None, :, None] == doc[:, None, None, :]
@@ -279,14 +285,13 @@ def check_packing(pe:PositionalEmbedding, *, d_model:int=64, num_heads:Optional[
                 t.close(f"forward_input/row{ri}[{a}:{z}]", y[ri:ri+1, a:z], s.forward_input(x[ri:ri+1, a:z], torch.arange(z - a, device=dev)))
     return t
 
-# %% ../nbs/90_testing.ipynb #3fe07541
+# %% ../nbs/90_testing.ipynb #6a8e8f87
 @_property('left_padding')
 def check_left_padding(pe:PositionalEmbedding, *, d_model:int=64, num_heads:Optional[int]=None, seed:int=0):
     "A left-padded batch (pads masked, each row's positions start at 0 at its first token) equals the unpadded rows."
-    s, t = _prepared(pe, seed=seed), _Tally()
-    dev = _device(s); r = _Rand(seed, dev); h, e = num_heads, d_model // num_heads
+    s, t, dev, r, h, e = _start(pe, seed, d_model, num_heads)
     n, pads = 6, (0, 2)
-    q, k, v, x = r(2, h, n, e), r(2, h, n, e), r(2, h, n, e), r(2, n, d_model)
+    q, k, v, x = r.qkvx(2, h, n, e, d_model)
     valid = torch.stack([torch.arange(n) >= p for p in pads]).to(dev)
     pos = torch.stack([(torch.arange(n) - p).clamp_min(0) for p in pads]).to(dev)
     key_mask = valid[:, None, None, :]
@@ -303,7 +308,7 @@ def check_left_padding(pe:PositionalEmbedding, *, d_model:int=64, num_heads:Opti
             t.close(f"forward_input/row{ri}", y[ri:ri+1, p:], s.forward_input(x[ri:ri+1, p:]))
     return t
 
-# %% ../nbs/90_testing.ipynb #4487e805
+# %% ../nbs/90_testing.ipynb #e81db1a9
 @_property('backends')
 def check_backends(pe:PositionalEmbedding, *, d_model:int=64, num_heads:Optional[int]=None, seed:int=0):
     "Every supported `attention` backend equals `backend='reference'` (float32), including fully masked rows."
@@ -337,14 +342,13 @@ def check_backends(pe:PositionalEmbedding, *, d_model:int=64, num_heads:Optional
                 t.check(f"{be}/masked row", bool((out[0, :, 1] == 0).all()), 'a fully masked row is not exactly zero')
     return t
 
-# %% ../nbs/90_testing.ipynb #41b1af4e
+# %% ../nbs/90_testing.ipynb #b6e5bdfb
 @_property('special_tokens')
 def check_special_tokens(pe:PositionalEmbedding, *, d_model:int=64, num_heads:Optional[int]=None, seed:int=0):
     "A special token (negative position) carries no position: moving it permutes the outputs, its slot label does not matter."
-    s, t = _prepared(pe, seed=seed), _Tally()
-    dev = _device(s); r = _Rand(seed, dev); h, e = num_heads, d_model // num_heads
+    s, t, dev, r, h, e = _start(pe, seed, d_model, num_heads)
     b, n = 2, 6
-    q, k, v, x = r(b, h, n, e), r(b, h, n, e), r(b, h, n, e), r(b, n, d_model)
+    q, k, v, x = r.qkvx(b, h, n, e, d_model)
     front = add_special_tokens(torch.arange(n - 1, device=dev))   # [-1, 0, 1, 2, 3, 4]
     idx = torch.tensor([1, 2, 3, 4, 5, 0], device=dev)               # [CLS] moved to the end
     end = front[idx]
@@ -364,7 +368,7 @@ def check_special_tokens(pe:PositionalEmbedding, *, d_model:int=64, num_heads:Op
         t.close('forward_input/move', s.forward_input(x[:, idx], end), y[:, idx])
     return t
 
-# %% ../nbs/90_testing.ipynb #38614326
+# %% ../nbs/90_testing.ipynb #67e7055f
 @_property('state_dict')
 def check_state_dict(pe:PositionalEmbedding, *, d_model:int=64, num_heads:Optional[int]=None, seed:int=0):
     "Every `state_dict` entry is a parameter (no persistent buffers), and `load_state_dict` reproduces the outputs."
@@ -388,7 +392,7 @@ def check_state_dict(pe:PositionalEmbedding, *, d_model:int=64, num_heads:Option
     t.notes.append(f"{len(params)} parameter tensors")
     return t
 
-# %% ../nbs/90_testing.ipynb #c3a0ec85
+# %% ../nbs/90_testing.ipynb #d5a3c0df
 LOW_PRECISION_ULPS = 16 # bound of the low-precision property, in units of the dtype's epsilon times the output scale
 
 def _far_positions(p0:int, n:int=8, device=None):
@@ -425,7 +429,7 @@ def check_low_precision(pe:PositionalEmbedding, *, d_model:int=64, num_heads:Opt
         t.notes.append(f"n/a at {len(skipped)} of 6 (dtype, position) pairs")
     return t
 
-# %% ../nbs/90_testing.ipynb #3c1e6435
+# %% ../nbs/90_testing.ipynb #770a8161
 @_property('compile')
 def check_compile(pe:PositionalEmbedding, *, d_model:int=64, num_heads:Optional[int]=None, seed:int=0, backend:str='inductor'):
     "`torch.compile(fullgraph=True)` of `forward_attn`, `attention` (sdpa) and `forward_input` runs and matches eager."
@@ -447,7 +451,7 @@ def check_compile(pe:PositionalEmbedding, *, d_model:int=64, num_heads:Optional[
     t.notes.append(f"backend {backend}")
     return t
 
-# %% ../nbs/90_testing.ipynb #ab3b0687
+# %% ../nbs/90_testing.ipynb #1b263ab8
 @_property('errors')
 def check_errors(pe:PositionalEmbedding, *, d_model:int=64, num_heads:Optional[int]=None, seed:int=0):
     "Bad shapes raise ValueError/TypeError naming the numbers (head width mismatch, positions length mismatch)."
@@ -474,7 +478,7 @@ def check_errors(pe:PositionalEmbedding, *, d_model:int=64, num_heads:Optional[i
         expect('forward_input, 11 positions for 7 tokens', lambda: s.forward_input(r(1, n, d_model), p11), (11, n))
     return t
 
-# %% ../nbs/90_testing.ipynb #e5f86996
+# %% ../nbs/90_testing.ipynb #6bd8a9ff
 def check_scheme(pe:PositionalEmbedding, # the scheme instance to check
                  *,
                  d_model:int=64, # model width `d`; heads have width `d_model // num_heads`
