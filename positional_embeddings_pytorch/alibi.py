@@ -33,12 +33,15 @@ def alibi_bias(slopes:Tensor, # `[h]` float32 slopes
                bidirectional:bool=False, # `-s|i-j|` instead of `-s(i-j)`
               )->Tensor: # `[1|b, h, n, m]`
     "Dense ALiBi bias: `-s_h (i - j)` (causal) or `-s_h |i - j|` (bidirectional)."
+    for nm, p in (('positions_q', positions_q), ('positions_k', positions_k)):
+        if not isinstance(p, Tensor) or p.ndim not in (1, 2): raise ValueError(f"`{nm}` must be [n] or [1|b, n], got {list(getattr(p, 'shape', []))}")
     pq, pk = positions_q.reshape(-1, positions_q.shape[-1]), positions_k.reshape(-1, positions_k.shape[-1])
     rel = pk[:, None, None, :] - pq[:, None, :, None]    # j - i: no -0.0 on the diagonal
     if bidirectional: rel = -rel.abs()
     return slopes[:, None, None] * rel
 
 # %% ../nbs/22_alibi.ipynb #61306843
+#| code-fold: true
 class AlibiPositionalEmbedding(PositionalEmbedding):
     "ALiBi: a fixed per-head linear penalty on the query-key distance, added to the logits."
     name, family = 'alibi', 'relative bias'

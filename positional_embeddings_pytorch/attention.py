@@ -13,6 +13,7 @@ from typing import Optional
 from .core import *
 
 # %% ../nbs/01_attention.ipynb #bd520a3c
+#| code-fold: true
 class KVCache:
     "Keys, values and their positions, per layer, for incremental decoding."
     def __init__(self, num_layers:int):
@@ -21,10 +22,14 @@ class KVCache:
     def update(self, layer:int, k:Tensor, v:Tensor, positions:Tensor):
         "Append `k`, `v` `[b, h, t, e]` at `positions` `[1|b, t]`; return all keys, values and positions."
         b = k.shape[0]
-        positions = positions.expand(b, -1)
+        positions = positions.expand(b, *positions.shape[1:])   # [b, t] (or [b, t, 2] for axial positions)
+        if not positions.is_floating_point(): positions = positions.long()   # next positions never wrap
         if self.layers[layer] is not None:
             pk, pv, pp = self.layers[layer]
             if pk.shape[0] != b: raise ValueError(f"the cache holds batch size {pk.shape[0]} but the new keys have {b}")
+            for nm, old, new in (('k', pk, k), ('v', pv, v)):
+                if (old.shape[1], old.shape[3]) != (new.shape[1], new.shape[3]):
+                    raise ValueError(f"the cache holds `{nm}` of [b, {old.shape[1]} heads, t, {old.shape[3]}] but the new `{nm}` is {list(new.shape)}")
             k, v, positions = torch.cat([pk, k], 2), torch.cat([pv, v], 2), torch.cat([pp, positions], 1)
         self.layers[layer] = (k, v, positions)
         return k, v, positions
@@ -37,10 +42,13 @@ class KVCache:
     def next_positions(self, n:int, device=None)->Tensor:
         "Positions `[1|b, n]` of the next `n` tokens: one past each row's last cached position."
         if self.layers[0] is None: return torch.arange(n, device=device)[None]
+        if self.layers[0][2].ndim != 2:
+            raise ValueError(f"the cache holds positions of shape {list(self.layers[0][2].shape)} (not 1D): pass the next positions explicitly")
         last = self.layers[0][2].amax(-1, keepdim=True)
         return last + 1 + torch.arange(n, device=last.device)[None]
 
 # %% ../nbs/01_attention.ipynb #2dbdb1d1
+#| code-fold: true
 class MultiHeadAttention(nn.Module):
     "Multi-head attention whose positional behaviour comes entirely from `pe`."
     def __init__(self,
@@ -50,6 +58,8 @@ class MultiHeadAttention(nn.Module):
                  bias:bool=False, # biases in the projections
                 ):
         super().__init__()
+        check_positive_int(d_model, 'd_model'); check_positive_int(num_heads, 'num_heads')
+        if not isinstance(pe, PositionalEmbedding): raise TypeError(f"`pe` must be a PositionalEmbedding, got {type(pe).__name__}")
         if d_model % num_heads: raise ValueError(f"`d_model`={d_model} is not divisible by `num_heads`={num_heads}")
         self.d_model, self.num_heads, self.head_dim = d_model, num_heads, d_model // num_heads
         self.pe = pe
@@ -79,21 +89,27 @@ class MultiHeadAttention(nn.Module):
         if x.ndim != 3 or x.shape[-1] != self.d_model:
             raise ValueError(f"`x` must be [b, n, {self.d_model}], got {list(x.shape)}")
         b, n, _ = x.shape
+        # default positions (plain self-attention) go to `pe` as `None`: it may then take a fused causal kernel
+        default = positions is None and cache is None and context is None and memory is None
         if positions is None and cache is not None: positions = cache.next_positions(n, x.device)
-        pq = check_positions(positions, n, b, 'positions', x.device, allow_float=self.pe.float_positions)
+        pq = self.pe._positions(positions, n, b, 'positions', x.device)   # the scheme's own rule (e.g. axial [n, 2])
         src = x if context is None else context
-        pk = pq if context is None else check_positions(context_positions, src.shape[1], b, 'context_positions', x.device, allow_float=self.pe.float_positions)
+        if context is not None and (context.ndim != 3 or context.shape[0] != b or context.shape[-1] != self.d_model):
+            raise ValueError(f"`context` must be [b={b}, m, {self.d_model}], got {list(context.shape)}")
+        pk = pq if context is None else self.pe._positions(context_positions, src.shape[1], b, 'context_positions', x.device)
         q, k, v = self._heads(self.q_proj(x)), self._heads(self.k_proj(src)), self._heads(self.v_proj(src))
         if cache is not None:
             if context is not None: raise ValueError("`cache` is for self-attention; cache cross-attention keys yourself")
             k, v, pk = cache.update(layer, k, v, pk)
         if memory is not None:
             if memory_positions is None: raise ValueError("`memory` needs `memory_positions` (the positions the memory had)")
-            mp = check_positions(memory_positions, memory.shape[1], b, 'memory_positions', x.device, allow_float=self.pe.float_positions)
+            if memory.ndim != 3 or memory.shape[0] != b or memory.shape[-1] != self.d_model:
+                raise ValueError(f"`memory` must be [b={b}, r, {self.d_model}], got {list(memory.shape)}")
+            mp = self.pe._positions(memory_positions, memory.shape[1], b, 'memory_positions', x.device)
             k = torch.cat([self._heads(self.k_proj(memory)), k], 2)
             v = torch.cat([self._heads(self.v_proj(memory)), v], 2)
-            pk = torch.cat([mp.expand(b, -1), pk.expand(b, -1)], 1)
-        o = self.pe.attention(q, k, v, pq, pk, causal=causal, attn_mask=attn_mask)
+            pk = torch.cat([mp.expand(b, *mp.shape[1:]), pk.expand(b, *pk.shape[1:])], 1)
+        o = self.pe.attention(q, k, v, None if default else pq, None if default else pk, causal=causal, attn_mask=attn_mask)
         return self.out_proj(o.transpose(1, 2).reshape(b, n, self.d_model))
 
 # %% ../nbs/01_attention.ipynb #fd3a2b98
@@ -120,6 +136,7 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 # %% ../nbs/01_attention.ipynb #d7e0851f
+#| code-fold: true
 class Transformer(nn.Module):
     "A small pre-norm transformer (encoder or decoder) over tokens, with any positional embedding."
     def __init__(self,
@@ -130,6 +147,8 @@ class Transformer(nn.Module):
                  cross_attention:bool=False, # add cross-attention to every block (decoder of an encoder-decoder)
                 ):
         super().__init__()
+        for nm, val in (('vocab_size', vocab_size), ('d_model', d_model), ('num_heads', num_heads), ('num_layers', num_layers), ('mlp_ratio', mlp_ratio)):
+            check_positive_int(val, nm)
         pes = list(pe) if isinstance(pe, (list, tuple, nn.ModuleList)) else [pe] * num_layers
         if len(pes) != num_layers: raise ValueError(f"got {len(pes)} positional embeddings for {num_layers} layers")
         self.pe, self.causal, self.num_layers = pes[0], causal, num_layers
@@ -155,10 +174,16 @@ class Transformer(nn.Module):
                ):
         "Logits `[b, n, vocab]` (and the per-layer inputs when `return_hidden`)."
         if tokens.ndim != 2: raise ValueError(f"`tokens` must be [b, n], got {list(tokens.shape)}")
+        if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
+            raise TypeError(f"`tokens` must hold integer token ids, got dtype {tokens.dtype}")
         b, n = tokens.shape
         if positions is None and cache is not None: positions = cache.next_positions(n, tokens.device)
         if memories is not None and len(memories) != self.num_layers:
             raise ValueError(f"got {len(memories)} memories for {self.num_layers} layers")
+        for i, mem in enumerate(memories or []):
+            d = self.embed.embedding_dim
+            if not isinstance(mem, Tensor) or mem.ndim != 3 or mem.shape[0] != b or mem.shape[-1] != d:
+                raise ValueError(f"`memories[{i}]` must be [b={b}, r, {d}], got {list(getattr(mem, 'shape', []))}")
         x = self.pe.forward_input(self.embed(tokens), positions)
         hidden = []
         for i, blk in enumerate(self.blocks):
@@ -170,18 +195,38 @@ class Transformer(nn.Module):
         return (logits, hidden) if return_hidden else logits
 
     @torch.no_grad()
-    def generate(self, tokens:Tensor, max_new_tokens:int, positions:Optional[Tensor]=None)->Tensor:
-        "Greedy decoding with a KV cache: the prompt in one chunk, then one token at a time."
+    def generate(self,
+                 tokens:Tensor, # `[b, n]` prompt token ids
+                 max_new_tokens:int, # tokens to append
+                 positions:Optional[Tensor]=None, # `[n]` or `[b, n]` prompt positions (default: from `padding_mask`, else `arange(n)`)
+                 padding_mask:Optional[Tensor]=None, # bool `[b, n]`, True = real token (Hugging Face's `attention_mask`); left padding only
+                )->Tensor: # `[b, n + max_new_tokens]`
+        "Greedy decoding with a KV cache: the prompt in one chunk, then one token at a time; pads stay masked."
+        check_positive_int(max_new_tokens, 'max_new_tokens', minimum=0)
+        if not isinstance(tokens, Tensor) or tokens.ndim != 2: raise ValueError(f"`tokens` must be [b, n], got {getattr(tokens, 'shape', type(tokens))}")
+        b, n = tokens.shape
+        keep = None
+        if padding_mask is not None:
+            if not isinstance(padding_mask, Tensor) or padding_mask.dtype != torch.bool or tuple(padding_mask.shape) != (b, n):
+                raise ValueError(f"`padding_mask` must be a bool [b, n] = [{b}, {n}] tensor, got {getattr(padding_mask, 'dtype', type(padding_mask))} {list(getattr(padding_mask, 'shape', []))}")
+            if padding_mask.device != tokens.device: raise ValueError(f"`padding_mask` is on {padding_mask.device} but `tokens` is on {tokens.device}")
+            # one check before decoding starts (never inside the decode loop): new tokens go on the right
+            if n > 1 and bool((padding_mask[:, 1:] < padding_mask[:, :-1]).any()):
+                raise ValueError("`padding_mask` has a pad after a real token: `generate` needs left padding (pads first)")
+            if positions is None: positions = (padding_mask.long().cumsum(-1) - 1).clamp_min(0)  # each row starts at 0
+            keep = padding_mask
         cache = self.new_cache()
-        logits = self(tokens, positions, cache=cache)
+        logits = self(tokens, positions, cache=cache, attn_mask=None if keep is None else keep[:, None, None, :])
         out = [tokens]
         for _ in range(max_new_tokens):
             nxt = logits[:, -1:].argmax(-1)
             out.append(nxt)
-            logits = self(nxt, cache=cache)
+            if keep is not None: keep = torch.cat([keep, keep.new_ones(b, 1)], 1)
+            logits = self(nxt, cache=cache, attn_mask=None if keep is None else keep[:, None, None, :])
         return torch.cat(out, 1)
 
 # %% ../nbs/01_attention.ipynb #6da11577
+#| code-fold: true
 class EncoderDecoder(nn.Module):
     "A small encoder-decoder: an encoder, and a decoder that cross-attends to its states."
     def __init__(self, src_vocab:int, tgt_vocab:int, d_model:int, num_heads:int, num_layers:int,
@@ -190,15 +235,35 @@ class EncoderDecoder(nn.Module):
         self.encoder = Transformer(src_vocab, d_model, num_heads, num_layers, encoder_pe, causal=False)
         self.decoder = Transformer(tgt_vocab, d_model, num_heads, num_layers, decoder_pe, causal=True, cross_attention=True)
 
+    def _check_src(self, src, src_mask):
+        if not isinstance(src, Tensor) or src.ndim != 2: raise ValueError(f"`src` must be [b, m], got {getattr(src, 'shape', type(src))}")
+        b, m = src.shape
+        if src_mask is not None: check_attn_mask(src_mask, (b, self.encoder.blocks[0].attn.num_heads, m, m), src.device, 'src_mask')
+
+    @staticmethod
+    def cross_mask(src_mask:Optional[Tensor], # the encoder's mask, broadcastable to `[b, h, m, m]`
+                  )->Optional[Tensor]: # `[.., 1, m]`, broadcastable to the decoder's `[b, h, n, m]`
+        "The cross-attention mask `src_mask` implies: each source key as in the most permissive row (`any` for bool, `amax` for float)."
+        if src_mask is None or src_mask.ndim < 2: return src_mask   # `[m]`: already a key mask
+        # a padding mask gives the same key mask in both encodings (True ~ 0, False ~ -inf, and max commutes with that map)
+        return src_mask.any(-2, keepdim=True) if src_mask.dtype == torch.bool else src_mask.amax(-2, keepdim=True)
+
     def encode(self, src:Tensor, src_positions:Optional[Tensor]=None, src_mask:Optional[Tensor]=None)->Tensor:
         "Encoder states `[b, m, d]` (before its head)."
+        self._check_src(src, src_mask)
         enc = self.encoder
         x = enc.pe.forward_input(enc.embed(src), src_positions)
         for i, blk in enumerate(enc.blocks): x = blk(x, src_positions, causal=False, attn_mask=src_mask)
         return enc.norm(x)
 
-    def forward(self, src, tgt, src_positions=None, tgt_positions=None, *, src_mask=None, cache=None, context=None):
+    def forward(self, src, tgt, src_positions=None, tgt_positions=None, *,
+                src_mask:Optional[Tensor]=None, # the encoder's self-attention mask, broadcastable to `[b, h, m, m]`
+                cross_mask:Optional[Tensor]=None, # the decoder's cross-attention mask `[b, h, n, m]`-broadcastable; default from `src_mask`
+                cache=None, context=None):
         "Decoder logits `[b, n, tgt_vocab]`; pass `context` (from `encode`) to skip re-encoding while decoding."
+        self._check_src(src, src_mask)
         ctx = self.encode(src, src_positions, src_mask) if context is None else context
-        cmask = None if src_mask is None else src_mask[..., -1:, :] if src_mask.dtype == torch.bool and src_mask.ndim == 4 else src_mask
-        return self.decoder(tgt, tgt_positions, cache=cache, context=ctx, context_positions=src_positions, context_mask=cmask)
+        if cross_mask is None: cross_mask = self.cross_mask(src_mask)
+        elif isinstance(tgt, Tensor) and tgt.ndim == 2:
+            check_attn_mask(cross_mask, (tgt.shape[0], self.decoder.blocks[0].attn.num_heads, tgt.shape[1], src.shape[1]), src.device, 'cross_mask')
+        return self.decoder(tgt, tgt_positions, cache=cache, context=ctx, context_positions=src_positions, context_mask=cross_mask)

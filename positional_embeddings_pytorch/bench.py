@@ -18,6 +18,7 @@ import positional_embeddings_pytorch as pep
 from .core import *
 
 # %% ../nbs/92_bench.ipynb #33a73945
+#| code-fold: true
 def _now(): return time.perf_counter()
 
 def paired_times(fns:dict, # name -> zero-argument callable
@@ -48,6 +49,7 @@ def ratio_stats(times:dict, # from `paired_times`
     return res
 
 # %% ../nbs/92_bench.ipynb #65fef899
+#| code-fold: true
 def _rotary_contenders(dtype, n:int, compile:bool=True):
     "Zero-argument callables that rotate `q` and `k` `[1, 32, n, 128]`, plus copy floors."
     from positional_embeddings_pytorch import rope
@@ -91,6 +93,7 @@ def bench_rotary(quick:bool=False, tiny:bool=False, compile:bool=True, progress=
     return rows
 
 # %% ../nbs/92_bench.ipynb #e1f5ebec
+#| code-fold: true
 def _rss()->int:
     with open('/proc/self/statm') as f: return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
 
@@ -208,6 +211,7 @@ def bench_train_time(schemes:list, L:int=1024, h:int=4, e:int=64, rounds:int=9, 
     return [(k, *v) for k, v in st.items()]
 
 # %% ../nbs/92_bench.ipynb #ba60ec8c
+#| code-fold: true
 def bench_bias_build(L:int=2048, h:int=8, e:int=64, rounds:int=9, progress=None)->list:
     "Rows: (what, median ratio to QK^T of [1, h, L, e], q1, q3)."
     torch.manual_seed(0)
@@ -237,6 +241,7 @@ def bench_bias_build(L:int=2048, h:int=8, e:int=64, rounds:int=9, progress=None)
     return [(k, *v) for k, v in st.items()]
 
 # %% ../nbs/92_bench.ipynb #87a785b6
+#| code-fold: true
 class Progress:
     "A one-line progress bar on stderr."
     def __init__(self, total:int, label:str='pe bench'): self.total, self.done, self.label, self.t0 = total, 0, label, _now()
@@ -323,6 +328,7 @@ def run_bench(out_dir:str='bench_out', # where the table and plots go
     return res
 
 # %% ../nbs/92_bench.ipynb #decd7530
+#| code-fold: true
 def results_markdown(res:dict)->str:
     "The results as markdown tables (ratios as median [q1, q3])."
     md = [f"# pe bench\n\n{res['machine']}{' (quick run)' if res.get('quick') else ''}{' (tiny run)' if res.get('tiny') else ''}\n"]

@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['COMMANDS', 'scheme_classes', 'scheme_info', 'markdown_table', 'arg', 'command', 'build_parser', 'main', 'cmd_list',
-           'select_examples', 'cmd_check', 'cmd_bench']
+           'select_examples', 'cmd_check', 'cmd_bench', 'cmd_lab']
 
 # %% ../nbs/91_cli.ipynb #fe9bb47a
 import argparse, importlib, sys, time
@@ -101,6 +101,7 @@ def cmd_list(args)->int:
     return 0
 
 # %% ../nbs/91_cli.ipynb #239681bc
+#| code-fold: true
 def select_examples(names:list, classes:list, d_model:int=64, num_heads:int=4)->list:
     "`(variant named 'scheme/variant', class, instance, or the exception examples() raised, or None when it has none)` for the named schemes (all when `names` is empty)."
     out, found = [], set()
@@ -161,10 +162,6 @@ def cmd_check(args)->int:
         with open(args.markdown, 'w') as f: f.write(text + '\n')
     return 0 if ok else 1
 
-# %% ../nbs/91_cli.ipynb #f97cd832
-# `python -m positional_embeddings_pytorch.cli ...` (the guard keeps a notebook or a script from running it)
-if __name__ == '__main__' and getattr(globals().get('__spec__'), 'name', '') == 'positional_embeddings_pytorch.cli': sys.exit(main())
-
 # %% ../nbs/91_cli.ipynb #2dcdf8bb
 @command(arg('--quick', action='store_true', help='a run of a few minutes on a 2-core CPU'),
          arg('--tiny', action='store_true', help='smallest shapes: checks the plumbing, measures nothing useful'),
@@ -181,3 +178,54 @@ def cmd_bench(args)->int:
     print(results_markdown(res))
     print(f"pe bench: wrote results.md, results.json and plots to {args.out}/", file=sys.stderr)
     return 0
+
+# %% ../nbs/91_cli.ipynb #bf6d48cb
+#| code-fold: true
+def _csv(s:str)->tuple: return tuple(x.strip() for x in s.split(',') if x.strip())
+
+@command(arg('--task', default=None, metavar='TASKS', help='lm, reverse, duplicate, copy, or a comma-separated list (default: all)'),
+         arg('--schemes', default=None, metavar='A,B,...', help='schemes or variants (default: every scheme for lm, rope,t5 for the string tasks)'),
+         arg('--train-len', type=int, default=None, metavar='N', help='training length (default: 64 for lm, 8 for the string tasks)'),
+         arg('--steps', type=int, default=None, metavar='S', help='training steps per model (default: 800 for lm, 1500 for the string tasks)'),
+         arg('--seeds', type=int, default=None, metavar='K', help='seeds per scheme (default 3; --quick: 1)'),
+         arg('--randomized', nargs='?', const='on', default=None, choices=['off', 'on', 'both'],
+             help='train with randomized positions (Ruoss et al. 2023); default: off for lm, both for the string tasks'),
+         arg('--d-model', type=int, default=None, help='model width (default 64)'),
+         arg('--num-layers', type=int, default=None, help='decoder layers (default 2)'),
+         arg('--device', default='cpu', help='cpu or cuda (default cpu)'),
+         arg('--threads', type=int, default=None, help='torch.set_num_threads (default 1: these models are small, and one thread is safe on a busy CPU)'),
+         arg('--out', default='lab_out', metavar='DIR', help='where results.json, results.md and the plots go (default lab_out)'),
+         arg('--resume', action='store_true', help='continue the run whose results.json is in DIR'),
+         arg('--quick', action='store_true', help='lm, four schemes, one seed: a few minutes on a 2-core CPU'),
+         arg('--tiny', action='store_true', help='smallest settings: checks the plumbing, measures nothing useful'),
+         arg('--no-progress', action='store_true', help='no progress bar'),
+         _IMPORT)
+def cmd_lab(args)->int:
+    "Train the same decoder with every scheme; measure each past its training length; print and write the tables and plots."
+    from positional_embeddings_pytorch.lab import LabConfig, run_lab, results_markdown
+    base = LabConfig.tiny if args.tiny else LabConfig.quick if args.quick else LabConfig
+    kw = dict(device=args.device, modules=tuple(args.modules))
+    if args.threads is not None: kw['threads'] = args.threads
+    if args.task: kw['tasks'] = _csv(args.task)
+    if args.schemes: kw['schemes'] = _csv(args.schemes)
+    if args.randomized: kw['randomized'] = args.randomized
+    if args.seeds is not None: kw['seeds'] = args.seeds
+    if args.d_model is not None: kw['d_model'] = args.d_model
+    if args.num_layers is not None: kw['num_layers'] = args.num_layers
+    if args.train_len is not None: kw.update(lm_train_len=args.train_len, syn_train_len=args.train_len)
+    if args.steps is not None: kw.update(lm_steps=args.steps, syn_steps=args.steps)
+    try: res = run_lab(base(**kw).check(), args.out, resume=args.resume, progress=not args.no_progress)
+    except (ValueError, FileExistsError, FileNotFoundError) as ex:
+        print(f"pe lab: {ex}", file=sys.stderr); return 2
+    print(results_markdown(res))
+    print(f"\npe lab: wrote {args.out}/results.json and {args.out}/results.md")
+    if res['plots']: print('pe lab: plots: ' + ', '.join(res['plots']))
+    else: print('pe lab: plots skipped (matplotlib is not installed: pip install matplotlib)')
+    return 0
+
+
+# %% ../nbs/91_cli.ipynb #d70b854f
+# `python -m positional_embeddings_pytorch.cli ...` (the guard keeps a notebook or a script from running it).
+# Keep this the last exported cell, so that every subcommand is registered before `main` runs.
+if __name__ == '__main__' and getattr(globals().get('__spec__'), 'name', '') == 'positional_embeddings_pytorch.cli': sys.exit(main())
+

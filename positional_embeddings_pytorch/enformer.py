@@ -14,6 +14,7 @@ from typing import Optional
 from .core import *
 
 # %% ../nbs/13_enformer.ipynb #d7593a56
+#| code-fold: true
 def _as_distance(distances:Tensor)->Tensor:
     if not isinstance(distances, Tensor): raise TypeError(f"`distances` must be a tensor, got {type(distances).__name__}")
     if distances.is_floating_point() or distances.dtype == torch.bool or distances.is_complex():
@@ -29,7 +30,7 @@ def enformer_exponential_basis(distances:Tensor, # integer distances, any shape 
                                max_len:int, # length that sets the longest half-life, `log2(max_len)`
                                min_half_life:float=3., # log2 of the shortest half-life
                               )->Tensor: # float64 `[..., num_basis]`
-    "Exponential decays $2^{-|\\delta|/t}$ with half-lives $t$ from $2^3$ to `max_len`, log-spaced."
+    r"Exponential decays $2^{-|\delta|/t}$ with half-lives $t$ from $2^3$ to `max_len`, log-spaced."
     _check_basis(num_basis, max_len)
     a = _as_distance(distances)
     half_life = 2 ** torch.linspace(min_half_life, math.log2(max_len), num_basis, dtype=torch.float64, device=a.device)
@@ -38,7 +39,7 @@ def enformer_exponential_basis(distances:Tensor, # integer distances, any shape 
 def enformer_central_mask_basis(distances:Tensor, # integer distances, any shape `[...]`
                                 num_basis:int, # functions in the family
                                )->Tensor: # float64 `[..., num_basis]`
-    "Windows $\\mathbb{1}[|\\delta| < 2^c - 1]$ of doubling width, $c = 1 \\dots$ `num_basis`."
+    r"Windows $\mathbb{1}[|\delta| < 2^c - 1]$ of doubling width, $c = 1 \dots$ `num_basis`."
     _check_basis(num_basis, 2)
     a = _as_distance(distances)
     widths = 2 ** torch.arange(1, num_basis + 1, dtype=torch.float64, device=a.device) - 1
@@ -49,7 +50,7 @@ def enformer_gamma_basis(distances:Tensor, # integer distances, any shape `[...]
                          max_len:int, # sets the means (up to `max_len`) and the spread
                          eps:float=1e-8, # floor added before normalising
                         )->Tensor: # float64 `[..., num_basis]`
-    "Gamma densities of $|\\delta|$ with evenly spaced means, each distance normalised by its largest feature."
+    r"Gamma densities of $|\delta|$ with evenly spaced means, each distance normalised by its largest feature."
     _check_basis(num_basis, max_len)
     a = _as_distance(distances)
     sd = max_len / (2 * num_basis)
@@ -86,6 +87,7 @@ def distinct_distances(dist:Tensor, # integer distances `[1|b, n, m]`
     return torch.unique(dist, return_inverse=True)
 
 # %% ../nbs/13_enformer.ipynb #b2c66c1b
+#| code-fold: true
 class EnformerPositionalEmbedding(PositionalEmbedding):
     "Enformer's relative logits: basis functions of distance, projected per head, with content and position biases."
     name, family = 'enformer', 'relative logits'
@@ -101,7 +103,9 @@ class EnformerPositionalEmbedding(PositionalEmbedding):
                  scale:Optional[float]=None, # logit scale; default `1/sqrt(e)`
                  special_reset:bool=False, # learn TUPE's per-head scalars for special tokens
                 ):
+        check_positive_int(num_heads, 'num_heads'); check_positive_int(head_dim, 'head_dim'); check_positive_int(max_len, 'max_len', 2)
         super().__init__(num_heads=num_heads, scale=scale, special_reset=special_reset)
+        check_positive_int(num_features, 'num_features')
         if num_features < 6 or num_features % 6:
             raise ValueError(f"`num_features` must be a positive multiple of 6 (3 bases x 2 signs), got {num_features}")
         if max_len < 2: raise ValueError(f"`max_len` must be >= 2, got {max_len}")
@@ -118,24 +122,26 @@ class EnformerPositionalEmbedding(PositionalEmbedding):
 
     def relative_keys(self, distances:Tensor, # integer distances `[U]`
                      )->Tensor: # `[h, U, e]`
-        "The per-head key vectors $r_\\delta$ of the given distances."
+        r"The per-head key vectors $r_\delta$ of the given distances."
         feats = enformer_features(distances, self.num_features, self.max_len, dtype=self.to_rel_k.weight.dtype)
         return self.to_rel_k(feats).view(-1, self.num_heads, self.head_dim).transpose(0, 1)
 
     def transform_qk(self, q, k, positions_q, positions_k):
-        "Content bias: $q + u/s$, so that $s\\,\\tilde q \\cdot k = s\\,q\\cdot k + u\\cdot k$."
+        r"Content bias: $q + u/s$, so that $s\,\tilde q \cdot k = s\,q\cdot k + u\cdot k$."
         self._check_q(q)
         s = self.logit_scale(q.shape[-1])
         if s == 0: raise ValueError("`scale` must be non-zero for Enformer's content bias")
         return q + (self.rel_content_bias / s).to(q.dtype), k
 
     def qk_bias(self, q, k, positions_q, positions_k):
-        "Position term $(s\\,q_i + v)\\cdot r_{j-i}$: per distinct distance and gathered (per pair under `torch.compile`)."
+        r"Position term $(s\,q_i + v)\cdot r_{j-i}$: per distinct distance and gathered (per pair under `torch.compile`)."
         self._check_q(q)
         dist = positions_k[:, None, :] - positions_q[:, :, None]          # [1|b, n, m]
         qv = q * self.logit_scale(q.shape[-1]) + self.rel_pos_bias.to(q.dtype)
-        if torch.compiler.is_compiling(): return self._pairwise(qv, dist)
         b, h, n, e = q.shape
+        # per pair when compiling, and for up to 4 queries (decoding): at most 4x the feature work of the distinct
+        # distances there, and no host sync (`distinct_distances` reads the range of the distances)
+        if torch.compiler.is_compiling() or n <= 4: return self._pairwise(qv, dist)
         uniq, idx = distinct_distances(dist)                              # [U], [1|b, n, m]
         r = self.relative_keys(uniq).to(q.dtype)                          # [h, U, e]
         x = torch.einsum('bhne,hue->bhnu', qv, r)                         # [b, h, n, U]

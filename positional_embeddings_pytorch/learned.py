@@ -30,6 +30,7 @@ def interpolate_table(weight:Tensor, # `[L, d]` position table
     return out[0].T.to(weight.dtype)
 
 # %% ../nbs/03_learned.ipynb #599d334d
+#| code-fold: true
 class LearnedPositionalEmbedding(PositionalEmbedding):
     "A trained table of `max_positions` rows added to the token embeddings (BERT, GPT-2); in `state_dict`."
     name, family, absolute = 'learned', 'absolute', True
@@ -58,12 +59,12 @@ class LearnedPositionalEmbedding(PositionalEmbedding):
         "Rows of the table for `positions` `[1|b, n]` -> `[1|b, n, d]`."
         if d != self.d_model:
             raise ValueError(f"`input_` has width {d} but the table has d_model={self.d_model}")
-        if not torch.compiler.is_compiling() and positions.numel():
-            top = int(positions.max())
-            if top >= self.max_positions:
-                raise ValueError(f"position {top} is past the learned table of max_positions={self.max_positions} "
-                                 f"(valid positions 0..{self.max_positions - 1}); stretch it with `resized`")
-        return self.embedding(positions)
+        return self.embedding(positions)   # the base class has checked the range (`position_limit`)
+
+    @property
+    def position_limit(self)->int:
+        "Positions `0 .. max_positions-1` have a row; the base class refuses the rest (eagerly, compiled, on any device)."
+        return self.max_positions
 
     def resized(self,
                 new_max_positions:int, # rows of the new table

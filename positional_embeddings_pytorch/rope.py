@@ -12,9 +12,11 @@ from torch import nn, Tensor
 import torch.nn.functional as F
 from typing import Optional
 from .core import *
+from .core import _transforms_active
 from .rope_scaling import rope_frequencies, rope_scaling_is_dynamic, rope_scaling_type
 
 # %% ../nbs/20_rope.ipynb #9dbad3a2
+#| code-fold: true
 _LAYOUTS = ('half', 'interleaved')
 
 def _check_layout(layout, name='layout'):
@@ -59,6 +61,7 @@ def apply_rotary_simple(x:Tensor, # `[..., e]` queries or keys
     return y if r == e else torch.cat([y, x[..., r:]], -1)
 
 # %% ../nbs/20_rope.ipynb #bd875584
+#| code-fold: true
 def _rotate_into(out:Tensor, x:Tensor, cos:Tensor, sin:Tensor, layout:str):
     "Write the rotation of `x`'s first `r` features into `out` (same shape) with four passes and no temporaries."
     half = cos.shape[-1]
@@ -83,13 +86,16 @@ def _apply_rotary_eager(x:Tensor, cos:Tensor, sin:Tensor, layout:str)->Tensor:
 class _Rotary(torch.autograd.Function):
     "Eager rotation with a gradient: the backward pass rotates the gradient by minus the angle."
     @staticmethod
-    def forward(ctx, x, cos, sin, layout):
-        ctx.save_for_backward(cos, sin); ctx.layout = layout
-        return _apply_rotary_eager(x, cos, sin, layout)
+    def forward(x, cos, sin, layout): return _apply_rotary_eager(x, cos, sin, layout)
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        _, cos, sin, ctx.layout = inputs
+        ctx.save_for_backward(cos, sin)
     @staticmethod
     def backward(ctx, g):
         cos, sin = ctx.saved_tensors
-        return _apply_rotary_eager(g.contiguous(), cos, -sin, ctx.layout), None, None, None
+        # a rotation again, through `apply_rotary`: with `create_graph=True` it is itself differentiable
+        return apply_rotary(g.contiguous(), cos, -sin, ctx.layout), None, None, None
 
 def apply_rotary(x:Tensor, # `[..., e]` queries or keys
                  cos:Tensor, # `[..., r/2]`, broadcastable to `x`'s leading dims
@@ -98,13 +104,15 @@ def apply_rotary(x:Tensor, # `[..., e]` queries or keys
                 )->Tensor: # `[..., e]`, `x`'s dtype
     "Rotate the first `r = 2*cos.shape[-1]` features of `x` pair by pair; features `r..e-1` pass through."
     grad = torch.is_grad_enabled()
-    if torch.compiler.is_compiling() or (grad and (cos.requires_grad or sin.requires_grad)):
-        return apply_rotary_simple(x, cos, sin, layout)   # compiled: Inductor fuses it into one kernel
+    # compiled: Inductor fuses the simple form into one kernel; torch.func and forward AD need ops with their rules
+    if torch.compiler.is_compiling() or _transforms_active() or (grad and (cos.requires_grad or sin.requires_grad)):
+        return apply_rotary_simple(x, cos, sin, layout)
     _check_rotary_args(x, cos, sin, layout)
     if grad and x.requires_grad: return _Rotary.apply(x, cos, sin, layout)
     return _apply_rotary_eager(x, cos, sin, layout)
 
 # %% ../nbs/20_rope.ipynb #91145282
+#| code-fold: true
 def layout_permutation(head_dim:int, # head width `e`
                        rotary_dim:Optional[int]=None, # rotated features `r` (default: `head_dim`)
                        from_layout:str='interleaved', to_layout:str='half',
@@ -156,6 +164,7 @@ def xpos_scale(offsets:Tensor, # integer `[..., n]`: position minus the centre (
     return torch.exp(offsets.to(dtype)[..., None] / scale_base * zeta.to(dtype).log())
 
 # %% ../nbs/20_rope.ipynb #a8bf85a0
+#| code-fold: true
 class RotaryPositionalEmbedding(PositionalEmbedding):
     "Rotary position embedding (RoPE): rotate feature pairs of `q` and `k` by angles proportional to their positions."
     name, family, absolute = 'rope', 'rotary', False
@@ -324,6 +333,7 @@ class RotaryPositionalEmbedding(PositionalEmbedding):
         }
 
 # %% ../nbs/20_rope.ipynb #17cfc713
+#| code-fold: true
 class AxialRotaryPositionalEmbedding(RotaryPositionalEmbedding):
     "2D axial RoPE: the first half of the rotary features turns with the row, the second half with the column."
     name, family, absolute = 'rope-axial', 'rotary', False
@@ -355,7 +365,7 @@ class AxialRotaryPositionalEmbedding(RotaryPositionalEmbedding):
             raise ValueError(f"`{name}` has batch size {positions.shape[0]}, expected 1 or {b}")
         if device is not None and positions.device != torch.device(device):
             raise ValueError(f"`{name}` is on {positions.device} but the input is on {device}")
-        return positions
+        return positions.long()   # as `check_positions`: narrow integers widened, so nothing wraps
 
     def _rotate2d(self, x:Tensor, p:Tensor)->Tensor: # x `[b, h, n, e]`, p `[1|b, n, 2]`
         a = self.rotary_dim // 2

@@ -80,6 +80,7 @@ def llama3_inv_freq(inv_freq:Tensor, # `[r/2]` plain inverse frequencies
     return (1 - sigma) * inv_freq / factor + sigma * inv_freq
 
 # %% ../nbs/21_rope_scaling.ipynb #29bbf670
+#| code-fold: true
 _COMMON_KEYS = {'rope_type', 'type', 'rope_theta', 'partial_rotary_factor'}
 ROPE_SCALING_FIELDS = {
     'default':  set(),
@@ -111,6 +112,7 @@ def rope_scaling_is_dynamic(scaling:Optional[dict])->bool:
     return rope_scaling_type(scaling) in ('dynamic', 'longrope')
 
 # %% ../nbs/21_rope_scaling.ipynb #bfff3cf0
+#| code-fold: true
 def _num(scaling, key, rope_type, positive=True, required=True):
     v = scaling.get(key)
     if v is None:
@@ -170,6 +172,7 @@ def _longrope(theta, dim, s, max_position_embeddings, seq_len):
     return theta / torch.as_tensor(s[key], dtype=torch.float64), attn
 
 # %% ../nbs/21_rope_scaling.ipynb #696228c5
+#| code-fold: true
 def rope_frequencies(dim:int, # rotary dimension `r` (even): `int(head_dim * partial_rotary_factor)`
                      base:float=10000., # the base `B`; a `rope_theta` in `scaling` is used instead (they must agree unless `base` is 10000)
                      scaling:Optional[dict]=None, # `rope_scaling`/`rope_parameters` dict: `rope_type` (or `type`) and its fields

@@ -60,6 +60,7 @@ def sinusoidal_table(positions:Tensor, # integer positions, any shape `[...]` (f
     return out if dtype is None else out.to(dtype)
 
 # %% ../nbs/02_sinusoidal.ipynb #51b69258
+#| code-fold: true
 class SinusoidalPositionalEmbedding(PositionalEmbedding):
     "Fixed sinusoids added to the token embeddings (Vaswani et al. 2017): any position, nothing in `state_dict`."
     name, family, absolute = 'sinusoidal', 'absolute', True

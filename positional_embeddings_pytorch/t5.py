@@ -40,6 +40,7 @@ def t5_relative_position_bucket(relative_position:Tensor, # integer `j - i` (key
     return offset + torch.where(dist < exact, dist, far)
 
 # %% ../nbs/11_t5.ipynb #c0cf2616
+#| code-fold: true
 class T5PositionalEmbedding(PositionalEmbedding):
     "T5's relative position bias: a learned scalar per head for each log-spaced bucket of `j - i`."
     name, family = 't5', 'relative bias'

@@ -17,11 +17,13 @@ from .core import *
 def txl_sinusoid(distances:Tensor, # `[L]` integer distances `i - j` (may be negative)
                  d:int, # encoding width (even)
                  base:float=10000., # frequency base
-                )->Tensor: # `[L, d]` float32, `[sin | cos]` halves
-    "Transformer-XL's fixed relative encoding $R$ of each distance, in float32."
+                 dtype:torch.dtype=torch.float32, # float32, or float64 for a float64 model
+                )->Tensor: # `[L, d]` in `dtype`, `[sin | cos]` halves
+    "Transformer-XL's fixed relative encoding $R$ of each distance, in float32 (or float64)."
     if d % 2: raise ValueError(f"`d` must be even for sin/cos halves, got {d}")
-    inv_freq = base ** -(torch.arange(0, d, 2, device=distances.device, dtype=torch.float32) / d)
-    ang = distances.to(torch.float32)[:, None] * inv_freq
+    if dtype not in (torch.float32, torch.float64): raise TypeError(f"`dtype` must be float32 or float64, got {dtype}")
+    inv_freq = base ** -(torch.arange(0, d, 2, device=distances.device, dtype=dtype) / d)
+    ang = distances.to(dtype)[:, None] * inv_freq
     return torch.cat([ang.sin(), ang.cos()], -1)
 
 # %% ../nbs/10_transformer_xl.ipynb #03d88db4
@@ -39,14 +41,19 @@ def contiguous_offset(positions_q:Tensor, # `[1|b, n]`
                       positions_k:Tensor, # `[1|b, m]`
                      )->Optional[Tensor]: # scalar tensor `i_0 - j_0`, or `None`
     "The common offset `i_0 - j_0` if queries and keys are consecutive with one offset in every row, else `None`."
-    ok = torch.ones((), dtype=torch.bool, device=positions_q.device)
-    if positions_q.shape[-1] > 1: ok = ok & (positions_q.diff(dim=-1) == 1).all()
-    if positions_k.shape[-1] > 1: ok = ok & (positions_k.diff(dim=-1) == 1).all()
-    delta = positions_q[:, :1] - positions_k[:, :1]
-    ok = ok & (delta == delta[:1]).all()
-    return delta[0, 0] if bool(ok) else None
+    ok, delta = _contiguous(positions_q, positions_k)
+    return delta if bool(ok) else None
+
+def _contiguous(pq:Tensor, pk:Tensor)->tuple:
+    "The layout condition as tensors, without a host sync: `(ok, i_0 - j_0)`, both 0-d."
+    ok = torch.ones((), dtype=torch.bool, device=pq.device)
+    if pq.shape[-1] > 1: ok = ok & (pq.diff(dim=-1) == 1).all()
+    if pk.shape[-1] > 1: ok = ok & (pk.diff(dim=-1) == 1).all()
+    delta = pq[:, :1] - pk[:, :1]
+    return ok & (delta == delta[:1]).all(), delta[0, 0]
 
 # %% ../nbs/10_transformer_xl.ipynb #d41a2bba
+#| code-fold: true
 class TransformerXLPositionalEmbedding(PositionalEmbedding):
     "Transformer-XL: content-dependent relative logits `(q + v) . W_R R_{i-j} + u . k`, scaled with `q . k`."
     name, family = 'transformer_xl', 'relative logits'
@@ -63,6 +70,8 @@ class TransformerXLPositionalEmbedding(PositionalEmbedding):
                  scale:Optional[float]=None, # logit scale for all four terms; default `1/sqrt(e)`
                  special_reset:bool=False, # learn TUPE's two per-head scalars for special tokens
                 ):
+        check_positive_int(d_model, 'd_model'); check_positive_int(num_heads, 'num_heads')
+        if head_dim is not None: check_positive_int(head_dim, 'head_dim')
         super().__init__(num_heads=num_heads, scale=scale, special_reset=special_reset)
         if d_model < 2 or d_model % 2: raise ValueError(f"`d_model` must be even and >= 2 (sin/cos halves), got {d_model}")
         if head_dim is None:
@@ -79,8 +88,9 @@ class TransformerXLPositionalEmbedding(PositionalEmbedding):
     def relative_embeddings(self, distances:Tensor)->Tensor: # `[L]` -> `[L, h, e]`
         "`W_R R_d` for each distance `d` (clamped to `clamp_len`), one `e`-vector per head."
         if self.clamp_len is not None: distances = distances.clamp(-self.clamp_len, self.clamp_len)
-        R = txl_sinusoid(distances, self.d_model, self.base).to(self.w_r.weight.dtype)
-        return self.w_r(R).view(-1, self.num_heads, self.head_dim)
+        w = self.w_r.weight
+        R = txl_sinusoid(distances, self.d_model, self.base, torch.float64 if w.dtype == torch.float64 else torch.float32)
+        return self.w_r(R.to(w.dtype)).view(-1, self.num_heads, self.head_dim)
 
     def _pick(self, pq, pk):
         "Choose the path: 'shift' (with the offset), 'band' (fixed band of `clamp_len`), 'gather' or 'angle'."
@@ -90,8 +100,12 @@ class TransformerXLPositionalEmbedding(PositionalEmbedding):
         if mt == 'angle': return 'angle', None
         if c is not None and (mt == 'gather' or (mt == 'auto' and (compiling or 2 * c + 1 <= n + m - 1))): return 'band', None
         if compiling:  # no host sync while tracing
-            if mt == 'shift': return 'shift', pq[0, 0] - pk[0, 0]
             if mt == 'auto': return 'angle', None
+            if mt == 'shift':  # the eager check below, as a tensor asserted inside the graph: refused, never wrong
+                ok, delta = _contiguous(pq, pk)
+                torch._assert_async(ok, "method='shift' needs consecutive positions with one offset per batch "
+                                        "(checked inside the compiled graph); use method='auto' or 'gather'")
+                return 'shift', delta
         delta = None if mt == 'gather' else contiguous_offset(pq, pk)
         if delta is not None: return 'shift', delta
         if mt == 'shift':
@@ -107,6 +121,12 @@ class TransformerXLPositionalEmbedding(PositionalEmbedding):
         "Terms (b) + (d): `(q_i + v) . W_R R_{i-j}`, by the relative shift, a gather over distances, or the angle identity."
         b, h, n, e = qv.shape
         m = positions_k.shape[-1]
+        if self.method == 'auto' and n <= 4 and not torch.compiler.is_compiling():
+            # a decode step: every pair's own distance (n*m of them, at most 4x the n+m-1 of the band) and no host
+            # sync, where choosing between shift and gather would read the positions on the host (issue 8)
+            dist = positions_q[:, :, None] - positions_k[:, None, :]                          # [1|b, n, m]
+            R = self.relative_embeddings(dist.reshape(-1)).to(qv.dtype).view(*dist.shape, h, e)  # [1|b, n, m, h, e]
+            return torch.einsum('bhne,bnmhe->bhnm', qv, R.expand(b, *R.shape[1:]))
         path, delta = self._pick(positions_q, positions_k)
         if path == 'angle': return self._angle_logits(qv, positions_q, positions_k)
         if path == 'shift':
@@ -124,14 +144,15 @@ class TransformerXLPositionalEmbedding(PositionalEmbedding):
     def _angle_logits(self, qv, pq, pk):
         "`(q_i + v) . W_R R_{i-j}` for any positions as one matmul, by the angle-difference identities (no clamp)."
         b, h, n, e = qv.shape
+        ct = torch.promote_types(qv.dtype, torch.float32)                          # float32, float64 for float64
         half = self.d_model // 2
         inv = self.base ** -(torch.arange(0, self.d_model, 2, device=qv.device, dtype=torch.float64) / self.d_model)
         ai, aj = pq.to(torch.float64)[..., None] * inv, pk.to(torch.float64)[..., None] * inv   # [1|b, n|m, d/2]
-        si, ci = ai.sin().float()[:, None], ai.cos().float()[:, None]
-        P = torch.einsum('bhne,hef->bhnf', qv.float(), self.w_r.weight.float().view(h, e, self.d_model))  # W_R^T (q + v)
+        si, ci = ai.sin().to(ct)[:, None], ai.cos().to(ct)[:, None]
+        P = torch.einsum('bhne,hef->bhnf', qv.to(ct), self.w_r.weight.to(ct).view(h, e, self.d_model))  # W_R^T (q + v)
         A, B = P[..., :half], P[..., half:]                                        # weights of the sin and cos halves
         Q = torch.cat([A * si + B * ci, B * si - A * ci], -1)                      # [b, h, n, d]
-        K = torch.cat([aj.cos(), aj.sin()], -1).float()[:, None]                   # [1|b, 1, m, d]
+        K = torch.cat([aj.cos(), aj.sin()], -1).to(ct)[:, None]                    # [1|b, 1, m, d]
         return (Q @ K.transpose(-1, -2)).to(qv.dtype)
 
     def qk_bias(self, q, k, positions_q, positions_k):
@@ -159,6 +180,7 @@ class TransformerXLPositionalEmbedding(PositionalEmbedding):
                 'transformer_xl_angle': cls(d_model, num_heads, method='angle')}
 
 # %% ../nbs/10_transformer_xl.ipynb #3bbc3d27
+#| code-fold: true
 def update_memory(memories:Optional[list], # per layer `[b, r, d]` or `None`
                   memory_positions:Optional[Tensor], # `[1|b, r]` or `None`
                   hidden:list, # per layer `[b, n, d]`: this segment's inputs to each layer

@@ -14,6 +14,7 @@ from .core import *
 from .t5 import t5_relative_position_bucket
 
 # %% ../nbs/12_tupe.ipynb #f7016fc8
+#| code-fold: true
 class UnifiedPositionalEmbedding(PositionalEmbedding):
     "TUPE: an untied absolute positional term with its own projections, an optional T5 relative bias, and a learned `[CLS]` reset."
     name, family = 'tupe', 'untied absolute bias'
@@ -33,6 +34,7 @@ class UnifiedPositionalEmbedding(PositionalEmbedding):
                  special_reset:bool=True, # learn $\theta_1, \theta_2$ per head for special tokens (`[CLS]`)
                 ):
         if not isinstance(num_heads, int) or num_heads < 1: raise ValueError(f"`num_heads` must be a positive int, got {num_heads!r}")
+        check_positive_int(d_model, 'd_model')
         if d_model % num_heads: raise ValueError(f"`d_model`={d_model} is not divisible by `num_heads`={num_heads}")
         if max_positions < 1: raise ValueError(f"`max_positions` must be >= 1, got {max_positions}")
         if relative: t5_relative_position_bucket(torch.zeros(1, dtype=torch.long), bidirectional, num_buckets, max_distance)  # checks
@@ -45,13 +47,16 @@ class UnifiedPositionalEmbedding(PositionalEmbedding):
         self.relative_attention_bias = nn.Embedding(num_buckets, num_heads) if relative else None
 
     def default_scale(self, e:int)->float:
-        "TUPE's $1/\\sqrt{2e}$: two terms of variance about $e$ each."
+        r"TUPE's $1/\sqrt{2e}$: two terms of variance about $e$ each."
         return (2 * e) ** -0.5
 
+    @property
+    def position_limit(self)->int:
+        "Rows of the position table: the base class refuses positions past it (eagerly, compiled, on any device)."
+        return self.max_positions
+
     def _check_range(self, positions:Tensor, name:str):
-        if torch.compiler.is_compiling(): return  # a data-dependent check cannot live in a graph
-        if positions.numel() and int(positions.max()) >= self.max_positions:
-            raise ValueError(f"`{name}` reaches position {int(positions.max())}, but the table has max_positions={self.max_positions}")
+        check_position_range(positions, self.max_positions, name)   # no host sync; works under compile
 
     def _project(self, lin:nn.Module, positions:Tensor)->Tensor:
         "Rows of the table at `positions` `[1|b, n]`, normalised and projected: `[1|b, h, n, e]`."
@@ -61,7 +66,7 @@ class UnifiedPositionalEmbedding(PositionalEmbedding):
                       positions_q:Tensor, # `[1|b, n]` integer positions `>= 0`
                       positions_k:Tensor, # `[1|b, m]`
                      )->Tensor: # `[1|b, h, n, m]`
-        "The untied absolute term $s\\,(\\bar p_i U^Q)(\\bar p_j U^K)^\\top$ (no special-token reset)."
+        r"The untied absolute term $s\,(\bar p_i U^Q)(\bar p_j U^K)^\top$ (no special-token reset)."
         self._check_range(positions_q, 'positions_q'); self._check_range(positions_k, 'positions_k')
         Q = self._project(self.pos_q, positions_q)
         K = Q if positions_k is positions_q and self.pos_q is self.pos_k else self._project(self.pos_k, positions_k)

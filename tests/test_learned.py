@@ -65,9 +65,9 @@ def test_init_is_normal_002():
 
 def test_errors_name_the_numbers():
     pe = LearnedPositionalEmbedding(16, 8)
-    with pytest.raises(ValueError, match=r'position 20 is past the learned table of max_positions=16 \(valid positions 0..15\)'):
+    with pytest.raises(ValueError, match=r'reaches position 20, but the table has max_positions=16 \(valid positions 0..15\)'):
         pe.forward_input(torch.randn(1, 3, 8), torch.tensor([3, 20, 4]))
-    with pytest.raises(ValueError, match='position 16 is past'):
+    with pytest.raises(ValueError, match='reaches position 16, but the table has max_positions=16'):
         pe.forward_input(torch.randn(1, 17, 8))
     pe.forward_input(torch.randn(1, 16, 8))   # exactly the table: fine
     with pytest.raises(ValueError, match='width 6 but the table has d_model=8'): pe.forward_input(torch.randn(1, 3, 6))

@@ -247,3 +247,29 @@ def test_compile_fullgraph_auto():
         out = f(q[:, :, 2:], k, v, pq, pk)
         ref = pe.attention(q[:, :, 2:], k, v, pq, pk, causal=True, backend='reference')
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('clamp', [None, 3])
+def test_compiled_shift_refuses_what_eager_refuses(clamp):
+    """method='shift' under torch.compile checks the layout inside the graph: consecutive positions give the reference's
+    numbers, positions with gaps are refused as in eager mode (they used to give a wrong answer, off by up to 0.5)."""
+    pe = make(method='shift', clamp_len=clamp)
+    q, k, v = torch.randn(3, 1, 2, 4, 8).unbind(0)
+    f = torch.compile(lambda q, k, v, pq, pk: pe.attention(q, k, v, pq, pk, backend='reference'), fullgraph=True, backend='aot_eager')
+    good, gaps = (torch.arange(2, 6), torch.arange(4)), (torch.tensor([0, 1, 3, 4]), torch.tensor([0, 2, 3, 5]))
+    with torch.no_grad():
+        torch.testing.assert_close(f(q, k, v, *good), make(method='gather', clamp_len=clamp).attention(q, k, v, *good, backend='reference'))
+        with pytest.raises(ValueError, match="method='shift' needs consecutive positions"): pe.attention(q, k, v, *gaps)
+        with pytest.raises(RuntimeError, match="method='shift' needs consecutive positions"): f(q, k, v, *gaps)
+    torch.compiler.reset()
+
+
+def test_float64_angle_path():
+    "A float64 module keeps float64 angles on the angle path (float32 ones failed float64 gradcheck), and all paths agree."
+    pes = {mt: make(method=mt).double() for mt in ('angle', 'shift', 'gather')}
+    q, k = torch.randn(2, 1, 2, 5, 8, dtype=torch.float64).unbind(0)
+    pq, pk = torch.arange(1000, 1005), torch.arange(998, 1003)
+    logits = {mt: pe.forward_attn(q, k, pq, pk) for mt, pe in pes.items()}
+    for mt in ('shift', 'gather'): torch.testing.assert_close(logits['angle'], logits[mt], rtol=1e-12, atol=1e-12)
+    qg = q.clone().requires_grad_()
+    assert torch.autograd.gradcheck(lambda q: pes['angle'].forward_attn(q, k, pq, pk), (qg,))

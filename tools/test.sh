@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Every check the project runs, in CI's order: the README's test command ends here.
 #   nbdev_export + a diff check (the package is what the notebooks export), an nbdev_clean check,
-#   nbdev_test (slow, cuda and notest cells skipped), nbdev_proc_nbs (docs processing, offline),
-#   and pytest over tests/.
+#   tools/course.py --check (every chapter in the course's shape, its install cell covering its
+#   imports), every chapter run by nbdev_test in a fresh venv that holds only what the chapters'
+#   Colab install cells install (slow, cuda and notest cells skipped), nbdev_proc_nbs (docs
+#   processing, offline) + tools/docs_check.py (the pages show the code, hide what is hidden), and
+#   pytest over tests/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] && export PATH="$PWD/.venv/bin:$PATH"
@@ -24,11 +27,16 @@ if in_git && [ -n "$(git status --porcelain -- nbs)" ]; then
   echo "FAILED: nbdev_clean changed notebooks. Run nbdev_clean and commit."; exit 1
 fi
 
-step "nbdev_test: every notebook runs (slow, cuda, notest cells skipped)"
-# One fresh process per notebook, two at a time: torch.compile caches guards on `__main__`, which
-# each notebook's shell replaces, so notebooks that share a worker process can trip over each other.
-ls nbs/*.ipynb | xargs -P "${NBDEV_WORKERS:-2}" -I{} sh -c 'nbdev_test --path "$1" --timing >"$1.log" 2>&1 && echo "ok   $1: $(tail -n1 "$1.log")" || { echo "FAIL $1"; cat "$1.log"; exit 1; }' _ {}
-rm -f nbs/*.ipynb.log
+step "course.py --check: every chapter in the course's shape"
+python tools/course.py --check
+
+step "nbdev_test in the course venv: every chapter runs with only what its Colab install cell installs"
+# A fresh venv (.course_venv/) with torch==2.13.0 and, for each group of chapters, exactly the
+# packages their install cells pass to pip (the package from this checkout instead of the URL);
+# the chapters run there and nowhere else, so each runs once. One fresh process per notebook, two
+# at a time: torch.compile caches guards on `__main__`, which each notebook's shell replaces, so
+# notebooks that share a worker process can trip over each other.
+python tools/course.py venv-test
 
 step "nbdev_proc_nbs: docs processing works offline"
 # nbdev tries to download Quarto when it is missing; the site is rendered by the GitHub Actions
@@ -39,6 +47,9 @@ if ! command -v quarto >/dev/null 2>&1; then
 else
   nbdev_proc_nbs
 fi
+
+step "docs_check: the pages show every exported definition and no hidden cell; no control characters"
+python tools/docs_check.py
 
 step "pytest"
 pytest -q -p no:cacheprovider tests
