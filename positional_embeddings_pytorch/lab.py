@@ -446,8 +446,9 @@ def results_markdown(res:dict)->str:
         for k, s in t['schemes'].items():
             one = lambda v: (summarize(v)[0], None) if len(v) == 1 else summarize(v)   # one seed: no spread to show
             lines.append(f"| {k} | " + ' | '.join(_fmt(t, *one(s['values'][str(n)])) for n in lens) + ' |')
-        notes = sorted({v for s in t['schemes'].values() for v in s['notes'].values()})
-        if notes: lines += [''] + [f"n/a: {v}" for v in notes[:5]]
+        first = lambda s: min(s['notes'], key=int)   # the first length a scheme could not run
+        notes = [f"{k} from length {first(s)} on: {s['notes'][first(s)]}" for k, s in t['schemes'].items() if s['notes']]
+        if notes: lines += [''] + [f"n/a: {v}" for v in notes]
     if res.get('skipped'): lines += ['', f"Not trained (no `examples()`): {', '.join(res['skipped'])}"]
     return '\n'.join(lines)
 
