@@ -133,11 +133,11 @@ class _Rand:
         "Queries, keys, values `[b, h, n, e]` and embeddings `[b, n, d]`, drawn in that order."
         return self(b, h, n, e), self(b, h, n, e), self(b, h, n, e), self(b, n, d)
 
-def _start(pe, seed, d_model, num_heads):
-    "What every property starts from: a prepared float64 copy, a tally, the device, seeded draws, `h` and `e`."
-    s = _prepared(pe, seed=seed)
+def _start(pe, seed, d_model, num_heads, dtype=torch.float64):
+    "What every property starts from: a prepared copy in `dtype`, a tally, the device, seeded draws in `dtype`, `h` and `e`."
+    s = _prepared(pe, dtype, seed)
     dev = _device(s)
-    return s, _Tally(), dev, _Rand(seed, dev), num_heads, d_model // num_heads
+    return s, _Tally(), dev, _Rand(seed, dev, dtype), num_heads, d_model // num_heads
 
 def _resolve_heads(pe, d_model:int, num_heads:Optional[int]):
     "Heads `h` and head width `e` for the checks."
@@ -319,8 +319,7 @@ def check_left_padding(pe:PositionalEmbedding, *, d_model:int=64, num_heads:Opti
 @_property('backends')
 def check_backends(pe:PositionalEmbedding, *, d_model:int=64, num_heads:Optional[int]=None, seed:int=0):
     "Every supported `attention` backend equals `backend='reference'` (float32), including fully masked rows."
-    s, t = _prepared(pe, torch.float32, seed), _Tally()
-    dev = _device(s); r = _Rand(seed, dev, torch.float32); h, e = num_heads, d_model // num_heads
+    s, t, dev, r, h, e = _start(pe, seed, d_model, num_heads, torch.float32)
     b, n = 2, 6
     q, k, v = r(b, h, n, e), r(b, h, n, e), r(b, h, n, e)
     ar = torch.arange(n, device=dev)
@@ -441,8 +440,7 @@ def check_low_precision(pe:PositionalEmbedding, *, d_model:int=64, num_heads:Opt
 @_property('compile')
 def check_compile(pe:PositionalEmbedding, *, d_model:int=64, num_heads:Optional[int]=None, seed:int=0, backend:str='inductor'):
     "`torch.compile(fullgraph=True)` of `forward_attn`, `attention` (sdpa) and `forward_input` runs and matches eager."
-    s, t = _prepared(pe, torch.float32, seed), _Tally()
-    dev = _device(s); r = _Rand(seed, dev, torch.float32); h, e = num_heads, d_model // num_heads
+    s, t, dev, r, h, e = _start(pe, seed, d_model, num_heads, torch.float32)
     b, n, m = 2, 4, 6
     q, k, v, x = r(b, h, n, e), r(b, h, m, e), r(b, h, m, e), r(b, m, d_model)
     pq, pk = torch.arange(m - n, m, device=dev), torch.arange(m, device=dev)
@@ -464,8 +462,7 @@ def check_compile(pe:PositionalEmbedding, *, d_model:int=64, num_heads:Optional[
 @_property('errors')
 def check_errors(pe:PositionalEmbedding, *, d_model:int=64, num_heads:Optional[int]=None, seed:int=0):
     "Bad shapes raise ValueError/TypeError naming the numbers (head width mismatch, positions length mismatch)."
-    s, t = _prepared(pe, torch.float32, seed), _Tally()
-    dev = _device(s); r = _Rand(seed, dev, torch.float32); h, e = num_heads, d_model // num_heads
+    s, t, dev, r, h, e = _start(pe, seed, d_model, num_heads, torch.float32)
     n = 7
     q, k, v, kw = r(1, h, n, e), r(1, h, n, e), r(1, h, n, e), r(1, h, n, 2 * e)
     def expect(label, fn, numbers):
@@ -507,8 +504,7 @@ def check_errors(pe:PositionalEmbedding, *, d_model:int=64, num_heads:Optional[i
 @_property('inputs')
 def check_inputs(pe:PositionalEmbedding, *, d_model:int=64, num_heads:Optional[int]=None, seed:int=0):
     "Integer positions of every width, bool vs float masks, a mask in another dtype and empty sequences give the same answers."
-    s, t = _prepared(pe, torch.float32, seed), _Tally()
-    dev = _device(s); r = _Rand(seed, dev, torch.float32); h, e = num_heads, d_model // num_heads
+    s, t, dev, r, h, e = _start(pe, seed, d_model, num_heads, torch.float32)
     b, n, m = 2, 5, 7
     q, k, v, x = r(b, h, n, e), r(b, h, m, e), r(b, h, m, e), r(b, m, d_model)
     lim = s.position_limit
