@@ -10,7 +10,7 @@ __all__ = ['COMMANDS', 'scheme_classes', 'scheme_info', 'markdown_table', 'arg',
 import argparse, importlib, sys, time
 from typing import Callable, Optional
 from .core import PositionalEmbedding
-from .testing import check_scheme, property_names, PropertyResult
+from .testing import check_scheme, property_names, PropertyResult, resolve_device
 
 # %% ../nbs/91_cli.ipynb #e420bbcf
 def scheme_classes(modules:tuple=())->list:
@@ -129,9 +129,13 @@ def select_examples(names:list, classes:list, d_model:int=64, num_heads:int=4)->
              help='run only this property (repeatable)'),
          arg('--markdown', metavar='FILE', help='also write the table and details to FILE'),
          arg('--seed', type=int, default=0, help='seed of the random tensors (default 0)'),
+         arg('--device', default='cpu', help='where the properties run: cpu or cuda (default cpu)'),
          _IMPORT, *_SIZES)
 def cmd_check(args)->int:
     "Run the property suite on every example of every (or the named) scheme; exit 0 iff all results match expectation."
+    try: device = resolve_device(args.device)   # a missing GPU is a usage error, not 60 failing results
+    except (ValueError, TypeError) as ex:
+        print(f"pe check: --device {args.device}: {ex}", file=sys.stderr); return 2
     classes = scheme_classes(tuple(args.modules))
     try: todo = select_examples(args.schemes, classes, args.d_model, args.num_heads)
     except ValueError as ex:
@@ -146,7 +150,7 @@ def cmd_check(args)->int:
         if isinstance(inst, Exception):
             results = [PropertyResult(p, 'fails', True, f"could not build the example: {type(inst).__name__}: {inst}") for p in props]
         else:
-            try: results = check_scheme(inst, d_model=args.d_model, compile=not args.no_compile, seed=args.seed, properties=props).results
+            try: results = check_scheme(inst, d_model=args.d_model, compile=not args.no_compile, seed=args.seed, properties=props, device=device).results
             except Exception as ex: results = [PropertyResult(p, 'fails', True, f"check_scheme raised {type(ex).__name__}: {ex}") for p in props]
         good = all(r.ok for r in results); ok &= good; n_bad += sum(not r.ok for r in results)
         print(f"{'ok' if good else 'NOT OK'} ({time.time() - t0:.1f} s)", file=sys.stderr, flush=True)
@@ -168,13 +172,20 @@ def cmd_check(args)->int:
          arg('--out', default='bench_out', metavar='DIR', help='where results.md, results.json and the plots go (default bench_out)'),
          arg('--section', dest='sections', action='append', choices=['rotary', 'memory', 'time', 'bias'],
              help='run only this section (repeatable; default: all)'),
-         arg('--no-compile', action='store_true', help='leave out the torch.compile contenders'))
+         arg('--no-compile', action='store_true', help='leave out the torch.compile contenders'),
+         arg('--device', default='cpu', help='cpu or cuda (or cuda:N): where tensors and modules live and what is timed (default cpu)'),
+         arg('--dtype', dest='dtypes', action='append', choices=['float32', 'bfloat16'],
+             help='dtype of q, k and v (repeatable; default: both on cuda, float32 on the cpu)'))
 def cmd_bench(args)->int:
     "Measure every scheme's speed and memory against baselines and peers; print and write the tables and plots."
-    from positional_embeddings_pytorch.bench import run_bench, results_markdown
+    from positional_embeddings_pytorch.bench import run_bench, results_markdown, check_device
     sections = tuple(args.sections or ('rotary', 'memory', 'time', 'bias'))
+    try: check_device(args.device)
+    except ValueError as ex:
+        print(f"pe bench: --device {args.device}: {ex}", file=sys.stderr); return 2
     if not (args.quick or args.tiny): print("pe bench: the full run takes a while (use --quick for a short one)", file=sys.stderr)
-    res = run_bench(args.out, quick=args.quick, tiny=args.tiny, sections=sections, compile=not args.no_compile)
+    res = run_bench(args.out, quick=args.quick, tiny=args.tiny, sections=sections, compile=not args.no_compile,
+                    device=args.device, dtypes=tuple(args.dtypes) if args.dtypes else None)
     print(results_markdown(res))
     print(f"pe bench: wrote results.md, results.json and plots to {args.out}/", file=sys.stderr)
     return 0

@@ -109,3 +109,12 @@ def test_select_examples_reports_broken_examples():
         assert rc == 1 and 'could not build the example' in out
     finally:
         BadExamples.paper = ''
+
+def test_check_device():
+    rc, out, _ = run(['check', 'nope', '--property', 'kv_cache', '--device', 'cpu'])
+    assert rc == 0 and '| nope ' in out
+    rc, out, err = run(['check', 'nope', '--device', 'gpu'])
+    assert rc == 2 and out == '' and "pe check: --device gpu: `device`='gpu' is not a device" in err
+    if not torch.cuda.is_available():
+        rc, out, err = run(['check', 'nope', '--device', 'cuda'])
+        assert rc == 2 and out == '' and 'CUDA is not available (torch.cuda.is_available() is False)' in err

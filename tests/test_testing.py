@@ -198,3 +198,54 @@ def test_compile_inductor():
     "The one Inductor compile of the suite's tests: the baseline compiles without graph breaks and matches eager."
     r = check_scheme(NoPositionalEmbedding(), properties=['compile'])['compile']
     assert r.status == 'holds' and 'inductor' in r.detail, r
+
+# ---- the device the properties run on ----
+
+def _table(max_positions=12):
+    from positional_embeddings_pytorch.learned import LearnedPositionalEmbedding
+    return LearnedPositionalEmbedding(max_positions, 64)
+
+def test_device_cpu_equals_default():
+    for pe in (_table(), Distance()):
+        a, b = check_scheme(pe, compile=False), check_scheme(pe, compile=False, device='cpu')
+        assert a.ok and [(r.name, r.status, r.detail) for r in a.results] == [(r.name, r.status, r.detail) for r in b.results]
+    assert check_kv_cache(Distance(), device=torch.device('cpu')).detail == check_kv_cache(Distance()).detail
+
+def test_bad_device_is_refused_by_name():
+    with pytest.raises(ValueError, match=r"`device`='gpu' is not a device"): check_scheme(NoPositionalEmbedding(), device='gpu')
+    with pytest.raises(ValueError, match=r"`device`='meta' holds no values"): check_kv_cache(NoPositionalEmbedding(), device='meta')
+    with pytest.raises(TypeError, match=r"`device` must be a str or torch.device, got int 0"): check_scheme(NoPositionalEmbedding(), device=0)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match=r"`device`='cuda', but CUDA is not available"): check_scheme(NoPositionalEmbedding(), device='cuda')
+
+def test_positions_past_a_table_never_reach_an_async_device(monkeypatch):
+    "Where the range check is a device-side assert, the errors, inputs and low-precision properties try far positions on a CPU copy only."
+    import positional_embeddings_pytorch.testing as T
+    from positional_embeddings_pytorch.learned import LearnedPositionalEmbedding
+    seen = []   # (is the CPU copy, largest position) of every range check
+    class Recorded(LearnedPositionalEmbedding):
+        def _positions(self, positions, n, b, name, device):
+            if positions is not None and positions.numel(): seen.append((getattr(self, 'cpu_copy', False), int(positions.max())))
+            return super()._positions(positions, n, b, name, device)
+    plain_copy = T._cpu_copy
+    def cpu_copy(s):
+        c = plain_copy(s); c.cpu_copy = True; return c
+    monkeypatch.setattr(T, '_asserts_async', lambda dev: True)   # pretend the CPU asserts asynchronously, as CUDA does
+    monkeypatch.setattr(T, '_cpu_copy', cpu_copy)
+    rep = check_scheme(Recorded(12, 64), compile=False, properties=['errors', 'inputs', 'low_precision'])
+    assert rep.ok, rep
+    assert 'refused on a CPU copy' in rep['errors'].detail, rep['errors']
+    far = [c for c, top in seen if top >= 12]
+    assert far and all(far), f"{far.count(False)} calls with positions past the table reached the module itself"
+    assert any(not c for c, _ in seen)   # the in-range checks do run on the module
+    monkeypatch.undo()
+    assert 'CPU copy' not in check_scheme(Recorded(12, 64), properties=['errors'])['errors'].detail
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_suite_on_cuda():
+    "A learned table on the GPU: every property runs there, and the errors property refuses far positions on a CPU copy."
+    rep = check_scheme(_table(), compile=False, device='cuda')
+    assert rep.ok, rep
+    assert 'refused on a CPU copy (on cuda' in rep['errors'].detail
+    torch.cuda.synchronize()   # a device-side assert would surface here
+    assert check_scheme(NoPositionalEmbedding(), compile=False, device='cuda').ok

@@ -3,9 +3,9 @@
 #   1. the environment (torch, CUDA, the GPU, which course and reference libraries import);
 #   2. every chapter with its `#| cuda` cells (nbdev_test --flags cuda);
 #   3. the tests in tests/ that name cuda, if any;
-#   4. the GPU benchmarks (`pe bench --device cuda`), if `pe bench` takes a device;
+#   4. the GPU benchmarks (`pe bench --quick --device cuda`: time and bias, then rotary and memory);
 #   5. the lab on cuda (`pe lab --quick --device cuda`), if the `lab` command exists.
-# One log (gpu_check.log) and the results files (bench/, lab/, summary.txt) go to OUT_DIR
+# One log (gpu_check.log) and the results files (bench/, bench_memory/, lab/, summary.txt) go to OUT_DIR
 # (argument; default $OUT, else gpu_out/). Everything finishes inside GPU_CHECK_BUDGET seconds
 # (default 460, under 8 minutes): each step runs under `timeout` with the smaller of its own limit
 # and what is left. Needs a checkout whose Python has torch with CUDA and what
@@ -71,14 +71,20 @@ step "chapters with their cuda cells (nbdev_test --flags cuda)" 210 sh -c '
   ls nbs/*.ipynb | xargs -P 4 -I{} sh -c "n=\$(basename {} .ipynb); nbdev_test --path {} --flags cuda --timing > \"$1/chapters/\$n.log\" 2>&1 && echo \"ok   \$n: \$(tail -n1 \"$1/chapters/\$n.log\")\" || { echo \"FAIL \$n (chapters/\$n.log)\"; exit 1; }"' _ "$outdir"
 
 if grep -lq "cuda" tests/*.py 2>/dev/null; then
-  step "tests that name cuda (pytest -k cuda)" 60 \
+  step "tests that name cuda (pytest -k cuda)" 90 \
     sh -c 'pytest -q -p no:cacheprovider tests -k cuda; rc=$?; [ $rc = 5 ] && { echo "no test selected"; exit 0; }; exit $rc'
 else
   say "== tests: no test in tests/ names cuda"
 fi
 
 if has_option bench --device; then
-  step "GPU benchmarks (pe bench --quick --device cuda)" 120 "${pe[@]}" bench --quick --device cuda --out "$outdir/bench"
+  # float32 and bfloat16; two runs so that the time table (ours against SDPA's flash and cuDNN kernels and
+  # FlexAttention) is written even if the memory cells (one torch.compile per flex cell) run out of time;
+  # each run writes results.md and results.json after every section, so a timeout keeps what was measured
+  step "GPU benchmarks: time and bias (pe bench --quick --device cuda)" 120 \
+    "${pe[@]}" bench --quick --device cuda --section time --section bias --out "$outdir/bench"
+  step "GPU benchmarks: rotary and memory (pe bench --quick --device cuda)" 120 \
+    "${pe[@]}" bench --quick --device cuda --section rotary --section memory --out "$outdir/bench_memory"
 else
   say "== benchmarks: \`pe bench\` takes no --device option, so it would measure the CPU: skipped"
   echo "SKIP  pe bench (no --device option)" >> "$summary"
