@@ -390,15 +390,8 @@ def missing_peers()->tuple:
 
 def check_device(device)->torch.device:
     "The device `pe bench` measures on: the CPU, or a CUDA device that this torch can use."
-    try: dev = torch.device(device)
-    except (RuntimeError, TypeError) as ex: raise ValueError(f"device={device!r} is not a device: {ex}") from None
-    if dev.type not in ('cpu', 'cuda'): raise ValueError(f"device={device!r}: pe bench measures on 'cpu' or 'cuda'")
-    if dev.type == 'cuda':
-        if not torch.cuda.is_available():
-            raise ValueError(f"device={device!r}, but torch.cuda.is_available() is False here "
-                             f"(torch {torch.__version__}, built for CUDA {torch.version.cuda})")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise ValueError(f"device={device!r}, but only {torch.cuda.device_count()} CUDA devices are visible")
+    dev = resolve_device(device)   # the package's one device check (00_core)
+    if dev is None or dev.type not in ('cpu', 'cuda'): raise ValueError(f"`device`={device!r}: pe bench measures on 'cpu' or 'cuda'")
     return dev
 
 def run_bench(out_dir:str='bench_out', # where the table and plots go

@@ -9,8 +9,8 @@ __all__ = ['COMMANDS', 'scheme_classes', 'scheme_info', 'markdown_table', 'arg',
 # %% ../nbs/91_cli.ipynb #fe9bb47a
 import argparse, importlib, sys, time
 from typing import Callable, Optional
-from .core import PositionalEmbedding
-from .testing import check_scheme, property_names, PropertyResult, resolve_device
+from .core import PositionalEmbedding, resolve_device
+from .testing import check_scheme, property_names, PropertyResult
 
 # %% ../nbs/91_cli.ipynb #e420bbcf
 def scheme_classes(modules:tuple=())->list:
@@ -215,6 +215,9 @@ def cmd_lab(args)->int:
     "Train the same decoder with every scheme; measure each past its training length; print and write the tables and plots."
     from positional_embeddings_pytorch.lab import LabConfig, run_lab, results_markdown
     base = LabConfig.tiny if args.tiny else LabConfig.quick if args.quick else LabConfig
+    try: resolve_device(args.device)   # a missing GPU is a usage error, before any model is built
+    except (ValueError, TypeError) as ex:
+        print(f"pe lab: --device {args.device}: {ex}", file=sys.stderr); return 2
     kw = dict(device=args.device, modules=tuple(args.modules))
     if args.threads is not None: kw['threads'] = args.threads
     if args.task: kw['tasks'] = _csv(args.task)

@@ -4,8 +4,8 @@
 
 # %% auto #0
 __all__ = ['check_positions', 'check_position_range', 'check_positive_int', 'is_special', 'add_special_tokens', 'reset_special',
-           'check_qkv', 'causal_mask', 'check_attn_mask', 'attention_mask', 'masked_softmax', 'reference_attention',
-           'PositionalEmbedding', 'NoPositionalEmbedding']
+           'check_qkv', 'causal_mask', 'check_attn_mask', 'attention_mask', 'resolve_device', 'masked_softmax',
+           'reference_attention', 'PositionalEmbedding', 'NoPositionalEmbedding']
 
 # %% ../nbs/00_core.ipynb #461b04f5
 import math, torch
@@ -170,6 +170,28 @@ def attention_mask(positions_q:Tensor, # `[1|b, n]`
     if attn_mask is None: return cm
     if attn_mask.dtype == torch.bool: return cm & attn_mask
     return attn_mask.masked_fill(~cm, float('-inf'))
+
+# %% ../nbs/00_core.ipynb #7f1c9e84
+def resolve_device(device:Union[str, torch.device, None], # 'cpu', 'cuda', 'cuda:1', a `torch.device`, or None
+                  )->Optional[torch.device]: # None stays None (the caller's default)
+    "`device` as a `torch.device`, refused with a `ValueError` naming it when it is not one or is not there."
+    if device is None: return None
+    first = lambda ex: (str(ex).strip().splitlines() or [''])[0][:200]
+    if isinstance(device, str):
+        try: dev = torch.device(device)
+        except RuntimeError as ex: raise ValueError(f"`device`={device!r} is not a device ({first(ex)})") from None
+    elif isinstance(device, torch.device): dev = device
+    else: raise TypeError(f"`device` must be a str or torch.device, got {type(device).__name__} {device!r}")
+    if dev.type == 'meta': raise ValueError(f"`device`={device!r} holds no values")
+    if dev.type == 'cuda':
+        if not torch.cuda.is_available():
+            raise ValueError(f"`device`={device!r}, but CUDA is not available (torch.cuda.is_available() is False; "
+                             f"torch {torch.__version__}, built for CUDA {torch.version.cuda})")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"`device`={device!r}, but there are {torch.cuda.device_count()} CUDA devices")
+    try: return torch.empty(0, device=dev).device   # 'cuda' -> 'cuda:0', as the tensors will report it
+    except Exception as ex: raise ValueError(f"`device`={device!r} cannot hold a tensor here ({first(ex)[:120]})") from None
+
 
 # %% ../nbs/00_core.ipynb #46b9b4eb
 def masked_softmax(logits:Tensor, # `[b, h, n, m]`

@@ -37,7 +37,7 @@ def test_bench_device_cuda_without_cuda_names_the_argument(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and '--device cuda' in err and 'torch.cuda.is_available() is False' in err
     assert not (tmp_path / 'results.json').exists()
-    with pytest.raises(ValueError, match=r"device='tpu'"): check_device('tpu')
+    with pytest.raises(ValueError, match=r"`device`='tpu' is not a device"): check_device('tpu')
 
 
 def test_bench_failed_cell_says_why(tmp_path, capsys, monkeypatch):
