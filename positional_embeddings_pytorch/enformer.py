@@ -139,9 +139,9 @@ class EnformerPositionalEmbedding(PositionalEmbedding):
         dist = positions_k[:, None, :] - positions_q[:, :, None]          # [1|b, n, m]
         qv = q * self.logit_scale(q.shape[-1]) + self.rel_pos_bias.to(q.dtype)
         b, h, n, e = q.shape
-        # per pair when compiling, and for up to 4 queries (decoding): at most 4x the feature work of the distinct
+        # per pair when compiling, and in a decode step: at most DECODE_QUERIES x the feature work of the distinct
         # distances there, and no host sync (`distinct_distances` reads the range of the distances)
-        if torch.compiler.is_compiling() or n <= 4: return self._pairwise(qv, dist)
+        if torch.compiler.is_compiling() or is_decode_step(n): return self._pairwise(qv, dist)
         uniq, idx = distinct_distances(dist)                              # [U], [1|b, n, m]
         r = self.relative_keys(uniq).to(q.dtype)                          # [h, U, e]
         x = torch.einsum('bhne,hue->bhnu', qv, r)                         # [b, h, n, U]

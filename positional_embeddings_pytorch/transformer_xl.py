@@ -121,8 +121,8 @@ class TransformerXLPositionalEmbedding(PositionalEmbedding):
         "Terms (b) + (d): `(q_i + v) . W_R R_{i-j}`, by the relative shift, a gather over distances, or the angle identity."
         b, h, n, e = qv.shape
         m = positions_k.shape[-1]
-        if self.method == 'auto' and n <= 4 and not torch.compiler.is_compiling():
-            # a decode step: every pair's own distance (n*m of them, at most 4x the n+m-1 of the band) and no host
+        if self.method == 'auto' and is_decode_step(n) and not torch.compiler.is_compiling():
+            # a decode step: every pair's own distance (n*m of them, at most DECODE_QUERIES x the n+m-1 of the band) and no host
             # sync, where choosing between shift and gather would read the positions on the host (issue 8)
             dist = positions_q[:, :, None] - positions_k[:, None, :]                          # [1|b, n, m]
             R = self.relative_embeddings(dist.reshape(-1)).to(qv.dtype).view(*dist.shape, h, e)  # [1|b, n, m, h, e]

@@ -60,7 +60,7 @@ def test_markdown_and_stdout(tiny_run):
     d, res, out = tiny_run
     md = (d / 'results.md').read_text()
     for key in ('alibi', 'learned', 'alibi+rand'): assert f"| {key} |" in md
-    assert '| n/a |' in md or '| n/a' in md
+    assert '| n/a |' in md and 'n/a: learned from length ' in md   # the cell and the note that says why
     assert md.strip() in out and 'results.json' in out
 
 def test_interrupted_run_resumes_to_the_same_numbers(tiny_run, tmp_path, monkeypatch):
