@@ -11,6 +11,7 @@ from .core import *
 from .attention import *
 from .sinusoidal import *
 from .learned import *
+from .distance import *
 from .transformer_xl import *
 from .t5 import *
 from .tupe import *
@@ -20,9 +21,9 @@ from .rope_scaling import *
 from .rope import *
 from .testing import check_scheme, SchemeReport, PropertyResult
 from . import (core as _core, attention as _attention, sinusoidal as _sinusoidal, learned as _learned,
-    transformer_xl as _transformer_xl, t5 as _t5, tupe as _tupe, enformer as _enformer, alibi as _alibi,
+    distance as _distance, transformer_xl as _transformer_xl, t5 as _t5, tupe as _tupe, enformer as _enformer, alibi as _alibi,
     rope_scaling as _rope_scaling, rope as _rope)
 
 # what `from positional_embeddings_pytorch import *` gives: every module's public names, and the suite's entry points
-__all__ = [name for mod in (_core, _attention, _sinusoidal, _learned, _transformer_xl, _t5, _tupe, _enformer, _alibi,
+__all__ = [name for mod in (_core, _attention, _sinusoidal, _learned, _distance, _transformer_xl, _t5, _tupe, _enformer, _alibi,
                             _rope_scaling, _rope) for name in mod.__all__] + ['check_scheme', 'SchemeReport', 'PropertyResult']

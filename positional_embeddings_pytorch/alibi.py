@@ -11,6 +11,7 @@ from torch import nn, Tensor
 import torch.nn.functional as F
 from typing import Optional
 from .core import *
+from .distance import *
 
 # %% ../nbs/22_alibi.ipynb #8e5428d2
 def alibi_slopes(num_heads:int, # number of heads, any positive integer
@@ -42,12 +43,13 @@ def alibi_bias(slopes:Tensor, # `[h]` float32 slopes
 
 # %% ../nbs/22_alibi.ipynb #61306843
 #| code-fold: true
-class AlibiPositionalEmbedding(PositionalEmbedding):
+class AlibiPositionalEmbedding(DistanceEmbedding):
     "ALiBi: a fixed per-head linear penalty on the query-key distance, added to the logits."
     name, family = 'alibi', 'relative bias'
     paper = 'Press, Smith, Lewis 2022, Train Short, Test Long: Attention with Linear Biases Enables Input Length Extrapolation (arXiv:2108.12409)'
     absolute = False
     float_positions = True
+    pairwise = True   # a product per pair costs no more than a gather: the engine evaluates it per pair
 
     def __init__(self,
                  num_heads:int, # number of heads; fixes the slopes
@@ -59,14 +61,12 @@ class AlibiPositionalEmbedding(PositionalEmbedding):
         self.bidirectional = bidirectional
         self.register_buffer('slopes', alibi_slopes(num_heads), persistent=False)
 
-    def pair_bias(self, h:Tensor, i:Tensor, j:Tensor)->Tensor:
-        "`-s_h (i - j)`, or `-s_h |i - j|` if bidirectional (elementwise, broadcasting)."
-        for name, t in (('positions_q', i), ('positions_k', j)):
-            if t.dtype in (torch.float16, torch.bfloat16):
-                raise TypeError(f"`{name}` has dtype {t.dtype}: half-precision positions are not exact past 256; use integers or float32")
-        rel = j - i
-        if self.bidirectional: rel = -rel.abs()
-        return self.slopes[h] * rel
+    def distance_bias(self, delta:Tensor, head:Optional[Tensor]=None)->Tensor: # `[...]` -> `[h, ...]`, or `[...]` with `head`
+        "`s_h (j - i)`, i.e. `-s_h (i - j)`, or `-s_h |j - i|` if bidirectional: the engine does the rest."
+        if delta.dtype in (torch.float16, torch.bfloat16):
+            raise TypeError(f"the distances have dtype {delta.dtype}: half-precision positions are not exact past 256; use integers or float32")
+        if self.bidirectional: delta = -delta.abs()
+        return (self.slopes.view(-1, *(1,) * delta.ndim) if head is None else self.slopes[head]) * delta
 
     def _apply(self, fn, recurse=True):
         # `.to(dtype)`, `.half()` etc. cast every float buffer: recompute the fixed slopes in float32

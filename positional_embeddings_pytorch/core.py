@@ -4,8 +4,9 @@
 
 # %% auto #0
 __all__ = ['DECODE_QUERIES', 'check_positions', 'check_position_range', 'check_positive_int', 'is_special', 'add_special_tokens',
-           'is_decode_step', 'reset_special', 'check_qkv', 'causal_mask', 'check_attn_mask', 'attention_mask',
-           'resolve_device', 'masked_softmax', 'reference_attention', 'PositionalEmbedding', 'NoPositionalEmbedding']
+           'is_decode_step', 'special_rule', 'reset_special', 'check_qkv', 'causal_rule', 'causal_mask',
+           'check_attn_mask', 'attention_mask', 'resolve_device', 'masked_softmax', 'reference_attention',
+           'PositionalEmbedding', 'NoPositionalEmbedding']
 
 # %% ../nbs/00_core.ipynb #461b04f5
 import math, torch
@@ -96,28 +97,35 @@ def is_decode_step(n:int)->bool:
     "Whether `n` queries are a decode step: per-pair work is cheap there, and a host sync would stall the device every token."
     return n <= DECODE_QUERIES
 
+def special_rule(term:Tensor, # positional term: a whole `[1|b, h, n, m]` tensor, or one score (FlexAttention)
+                 i:Tensor, # query positions, broadcastable to `term` (`[1|b, 1, n, 1]`, or one position)
+                 j:Tensor, # key positions, broadcastable to `term`
+                 row:Optional[Tensor]=None, # value for a special query (TUPE's theta_1), broadcastable; 0 if `None`
+                 col:Optional[Tensor]=None, # value for a special key (theta_2); 0 if `None`
+                )->Tensor:
+    "The special-token rule, elementwise: a pair with a special query takes `row`, else one with a special key takes `col`."
+    if row is None: return torch.where(is_special(i) | is_special(j), term.new_zeros(()), term)
+    return torch.where(is_special(i), row.to(term.dtype), torch.where(is_special(j), col.to(term.dtype), term))
+
 def reset_special(term:Tensor, # positional logits `[1|b, h, n, m]`
                   positions_q:Tensor, # `[1|b, n]`
                   positions_k:Tensor, # `[1|b, m]`
                   reset:Optional[Tensor]=None, # `[2, h]`: (special query row, special key column); zeros if `None`
                   inplace:bool=False, # write into `term` (it must be a fresh tensor)
                  )->Tensor:
-    "Replace the positional term of every pair that involves a special token."
+    "`special_rule` over a whole positional term: every pair that involves a special token."
     # Skipping the pass when there is no special token needs `bool(tensor.any())`, a host-device sync. Worth it in
     # a prefill (it saves an n x m pass, 8-15% of a bias scheme's prefill on a CPU); never in a decode step
     # (`is_decode_step`), where the pass costs a row or four and a sync would stall the GPU every token.
     if (reset is None and not is_decode_step(positions_q.shape[-1]) and not torch.compiler.is_compiling()
             and not (is_special(positions_q).any() or is_special(positions_k).any())):
         return term
-    sq = is_special(positions_q)[:, None, :, None]
-    sk = is_special(positions_k)[:, None, None, :]
-    either = sq | sk
-    if reset is None:
-        fits = inplace and torch.broadcast_shapes(term.shape, either.shape) == term.shape
-        return term.masked_fill_(either, 0.) if fits else term.masked_fill(either, 0.)
+    i, j = positions_q[:, None, :, None], positions_k[:, None, None, :]
+    if reset is None and inplace and torch.broadcast_shapes(term.shape, i.shape, j.shape) == term.shape:
+        return term.masked_fill_(is_special(i) | is_special(j), 0.)   # the same rule, written into the fresh tensor
     h = term.shape[1]
-    row, col = reset[0].view(1, h, 1, 1).to(term.dtype), reset[1].view(1, h, 1, 1).to(term.dtype)
-    return torch.where(sq, row, torch.where(sk, col, term))
+    return special_rule(term, i, j, *(None, None) if reset is None else (reset[0].view(1, h, 1, 1), reset[1].view(1, h, 1, 1)))
+
 
 # %% ../nbs/00_core.ipynb #d0e849bf
 def check_qkv(q:Tensor, # `[b, h, n, e]`
@@ -143,11 +151,17 @@ def check_qkv(q:Tensor, # `[b, h, n, e]`
 
 # %% ../nbs/00_core.ipynb #74b6ec18
 #| code-fold: true
+def causal_rule(i:Tensor, # query positions (any shape that broadcasts with `j`, or one position)
+                j:Tensor, # key positions
+               )->Tensor: # bool
+    "The causal rule, elementwise: key position `j` is visible to query position `i` iff `j <= i`."
+    return j <= i
+
 def causal_mask(positions_q:Tensor, # `[1|b, n]`
                 positions_k:Tensor, # `[1|b, m]`
                )->Tensor: # bool `[1|b, 1, n, m]`
-    "Key `j` is visible to query `i` iff `positions_k[j] <= positions_q[i]` (bottom-right aligned)."
-    return positions_k[:, None, None, :] <= positions_q[:, None, :, None]
+    "`causal_rule` over all pairs: key `j` is visible to query `i` iff `positions_k[j] <= positions_q[i]` (bottom-right aligned)."
+    return causal_rule(positions_q[:, None, :, None], positions_k[:, None, None, :])
 
 def check_attn_mask(attn_mask:Tensor, shape:tuple,
                     device=None, # device the mask must be on (the queries')
@@ -494,18 +508,16 @@ class PositionalEmbedding(nn.Module):
         def score_mod(score, bi, hi, qi, kj):
             i, j = pq[bi if bq else 0, qi], pk[bi if bk else 0, kj]
             if has_pos:
-                t = self.pair_bias(hi, i if self.handles_special else i.clamp_min(0), j if self.handles_special else j.clamp_min(0))
-                if not self.handles_special:
-                    zero = torch.zeros_like(t)
-                    r0, r1 = (zero, zero) if reset is None else (reset[0][hi], reset[1][hi])
-                    t = torch.where(i < 0, r0, torch.where(j < 0, r1, t))
+                t = self.pair_bias(hi, self._plain(i), self._plain(j))
+                if not self.handles_special:   # the same rule as the whole-tensor path, one score at a time
+                    t = special_rule(t, i, j, *(None, None) if reset is None else (reset[0][hi], reset[1][hi]))
                 score = score + t
             if attn_mask is not None and attn_mask.dtype != torch.bool: score = score + am[bi, hi, qi, kj]
             return score
         mask_mod = None
         if causal or (attn_mask is not None and attn_mask.dtype == torch.bool):
             def mask_mod(bi, hi, qi, kj):
-                ok = pk[bi if bk else 0, kj] <= pq[bi if bq else 0, qi] if causal else torch.ones((), dtype=torch.bool, device=q.device)
+                ok = causal_rule(pq[bi if bq else 0, qi], pk[bi if bk else 0, kj]) if causal else torch.ones((), dtype=torch.bool, device=q.device)
                 if attn_mask is not None and attn_mask.dtype == torch.bool: ok = ok & am[bi, hi, qi, kj]
                 return ok
         block_mask = create_block_mask(mask_mod, b, h, n, m, device=q.device) if mask_mod is not None else None

@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['enformer_exponential_basis', 'enformer_central_mask_basis', 'enformer_gamma_basis', 'enformer_features',
-           'distinct_distances', 'EnformerPositionalEmbedding']
+           'EnformerPositionalEmbedding']
 
 # %% ../nbs/13_enformer.ipynb #b50b82ff
 import math, torch
@@ -12,6 +12,7 @@ from torch import nn, Tensor
 import torch.nn.functional as F
 from typing import Optional
 from .core import *
+from .distance import *
 
 # %% ../nbs/13_enformer.ipynb #d7593a56
 #| code-fold: true
@@ -76,19 +77,9 @@ def enformer_features(distances:Tensor, # integer distances $\delta = j - i$, an
     sign = torch.sign(distances).to(torch.float64)[..., None]
     return torch.cat([one, sign * one], -1).to(dtype)
 
-# %% ../nbs/13_enformer.ipynb #a9c1d18d
-def distinct_distances(dist:Tensor, # integer distances `[1|b, n, m]`
-                      )->tuple: # `(values [U], index [1|b, n, m])` with `values[index] == dist`
-    "The distances to evaluate, and for each pair the index of its distance: a range when short, else `unique`."
-    if dist.numel() == 0: return dist.new_zeros(0), dist
-    lo, hi = int(dist.min()), int(dist.max())
-    if hi - lo + 1 <= 2 * (dist.shape[-2] + dist.shape[-1]):
-        return torch.arange(lo, hi + 1, device=dist.device, dtype=dist.dtype), dist - lo
-    return torch.unique(dist, return_inverse=True)
-
 # %% ../nbs/13_enformer.ipynb #b2c66c1b
 #| code-fold: true
-class EnformerPositionalEmbedding(PositionalEmbedding):
+class EnformerPositionalEmbedding(DistanceEmbedding):
     "Enformer's relative logits: basis functions of distance, projected per head, with content and position biases."
     name, family = 'enformer', 'relative logits'
     paper = ('Avsec et al. 2021, Effective gene expression prediction from sequence by integrating '
@@ -133,19 +124,18 @@ class EnformerPositionalEmbedding(PositionalEmbedding):
         if s == 0: raise ValueError("`scale` must be non-zero for Enformer's content bias")
         return q + (self.rel_content_bias / s).to(q.dtype), k
 
-    def qk_bias(self, q, k, positions_q, positions_k):
-        r"Position term $(s\,q_i + v)\cdot r_{j-i}$: per distinct distance and gathered (per pair under `torch.compile`)."
+    def distance_keys(self, delta:Tensor)->Tensor: # `[U]` -> `[h, U, e]`
+        "The engine's key vectors: `relative_keys`."
+        return self.relative_keys(delta)
+
+    def distance_query(self, q:Tensor)->Tensor:
+        r"$s\,q + v$: the query of the position term $(s\,q_i + v)\cdot r_{j-i}$."
         self._check_q(q)
-        dist = positions_k[:, None, :] - positions_q[:, :, None]          # [1|b, n, m]
-        qv = q * self.logit_scale(q.shape[-1]) + self.rel_pos_bias.to(q.dtype)
-        b, h, n, e = q.shape
-        # per pair when compiling, and in a decode step: at most DECODE_QUERIES x the feature work of the distinct
-        # distances there, and no host sync (`distinct_distances` reads the range of the distances)
-        if torch.compiler.is_compiling() or is_decode_step(n): return self._pairwise(qv, dist)
-        uniq, idx = distinct_distances(dist)                              # [U], [1|b, n, m]
-        r = self.relative_keys(uniq).to(q.dtype)                          # [h, U, e]
-        x = torch.einsum('bhne,hue->bhnu', qv, r)                         # [b, h, n, U]
-        return x.gather(-1, idx[:, None].expand(b, h, n, idx.shape[-1]))
+        return q * self.logit_scale(q.shape[-1]) + self.rel_pos_bias.to(q.dtype)
+
+    def pair_logits(self, qr, positions_q, positions_k):
+        "Per pair (decode steps, `torch.compile`): the query in feature space times every pair's features, cheaper than a key per pair."
+        return self._pairwise(qr, positions_k[:, None, :] - positions_q[:, :, None])
 
     def _pairwise(self, qv:Tensor, dist:Tensor)->Tensor:
         "The same term from the features of every pair `[1|b, n, m, f]`: static shapes, for `torch.compile`."
@@ -164,3 +154,4 @@ class EnformerPositionalEmbedding(PositionalEmbedding):
         return {'enformer': cls(num_heads, e, num_features=6 * max(1, e // 6), max_len=64),
                 'enformer-L1536': cls(num_heads, e),
                 'enformer-cls': cls(num_heads, e, num_features=6 * max(1, e // 6), max_len=64, special_reset=True)}
+

@@ -11,6 +11,7 @@ from torch import nn, Tensor
 import torch.nn.functional as F
 from typing import Optional
 from .core import *
+from .distance import *
 
 # %% ../nbs/11_t5.ipynb #a2f6ee5b
 def t5_relative_position_bucket(relative_position:Tensor, # integer `j - i` (key minus query), any shape
@@ -41,7 +42,7 @@ def t5_relative_position_bucket(relative_position:Tensor, # integer `j - i` (key
 
 # %% ../nbs/11_t5.ipynb #c0cf2616
 #| code-fold: true
-class T5PositionalEmbedding(PositionalEmbedding):
+class T5PositionalEmbedding(DistanceEmbedding):
     "T5's relative position bias: a learned scalar per head for each log-spaced bucket of `j - i`."
     name, family = 't5', 'relative bias'
     paper = 'Raffel et al. 2020, Exploring the Limits of Transfer Learning with a Unified Text-to-Text Transformer (arXiv:1910.10683)'
@@ -59,23 +60,17 @@ class T5PositionalEmbedding(PositionalEmbedding):
         t5_relative_position_bucket(torch.zeros(1, dtype=torch.long), bidirectional, num_buckets, max_distance)  # checks the settings
         super().__init__(num_heads=num_heads, scale=scale, special_reset=special_reset)
         self.num_buckets, self.max_distance, self.bidirectional = num_buckets, max_distance, bidirectional
+        self.window = 2 * max_distance   # every |j - i| >= 2D is in the last bucket of its sign, with a margin over float32 rounding
         self.relative_attention_bias = nn.Embedding(num_buckets, num_heads)
 
     def relative_position_bucket(self, relative_position:Tensor)->Tensor:
         "Bucket indices of integer `j - i`, with this module's settings."
         return t5_relative_position_bucket(relative_position, self.bidirectional, self.num_buckets, self.max_distance)
 
-    def pair_bias(self, h:Tensor, i:Tensor, j:Tensor)->Tensor:
-        "Bias of head `h` between query position `i` and key position `j` (elementwise; FlexAttention's `score_mod`)."
-        return self.relative_attention_bias.weight[self.relative_position_bucket(j - i), h]
-
-    def dense_bias(self, positions_q:Tensor, positions_k:Tensor)->Tensor:
-        "Bias `[1|b, h, n, m]` from the buckets of the distinct distances `[-2D, 2D]`, gathered per pair."
-        c = 2 * self.max_distance
-        window = torch.arange(-c, c + 1, device=positions_q.device)
-        table = self.relative_attention_bias(self.relative_position_bucket(window)).t()  # [h, 4D+1]: one lookup
-        idx = (positions_k[:, None, :] - positions_q[:, :, None]).clamp(-c, c) + c       # [1|b, n, m]
-        return table[:, idx].transpose(0, 1)                                              # [1|b, h, n, m]
+    def distance_bias(self, delta:Tensor, head:Optional[Tensor]=None)->Tensor: # `[...]` -> `[h, ...]`, or `[...]` with `head`
+        "The learned scalar of the bucket of each distance `j - i`, for every head or for `head`: the engine does the rest."
+        w, bucket = self.relative_attention_bias.weight, self.relative_position_bucket(delta)
+        return w[bucket].movedim(-1, 0) if head is None else w[bucket, head]
 
     def extra_repr(self)->str:
         return f"num_buckets={self.num_buckets}, max_distance={self.max_distance}, bidirectional={self.bidirectional}, " + super().extra_repr()
@@ -84,3 +79,4 @@ class T5PositionalEmbedding(PositionalEmbedding):
     def examples(cls, d_model:int=64, num_heads:int=4)->dict:
         "The encoder (bidirectional) and decoder (unidirectional) variants."
         return {'t5-encoder': cls(num_heads), 't5-decoder': cls(num_heads, bidirectional=False)}
+

@@ -12,6 +12,7 @@ from torch import nn, Tensor
 import torch.nn.functional as F
 from typing import Optional
 from .core import *
+from .distance import *
 
 # %% ../nbs/10_transformer_xl.ipynb #c05ffbeb
 def txl_sinusoid(distances:Tensor, # `[L]` integer distances `i - j` (may be negative)
@@ -54,7 +55,7 @@ def _contiguous(pq:Tensor, pk:Tensor)->tuple:
 
 # %% ../nbs/10_transformer_xl.ipynb #d41a2bba
 #| code-fold: true
-class TransformerXLPositionalEmbedding(PositionalEmbedding):
+class TransformerXLPositionalEmbedding(DistanceEmbedding):
     "Transformer-XL: content-dependent relative logits `(q + v) . W_R R_{i-j} + u . k`, scaled with `q . k`."
     name, family = 'transformer_xl', 'relative logits'
     paper = 'Dai et al. 2019, Transformer-XL: Attentive Language Models Beyond a Fixed-Length Context (arXiv:1901.02860)'
@@ -65,7 +66,7 @@ class TransformerXLPositionalEmbedding(PositionalEmbedding):
                  num_heads:int, # heads `h`
                  head_dim:Optional[int]=None, # head width `e`; default `d_model // num_heads`
                  clamp_len:Optional[int]=None, # distances beyond it use `R_{+-clamp_len}`
-                 method:str='auto', # 'auto', 'shift' (contiguous positions only), 'gather' or 'angle' (no clamp)
+                 method:str='auto', # 'auto', 'shift' (contiguous positions only), 'gather', 'pairs' or 'angle' (no clamp)
                  base:float=10000., # sinusoid frequency base
                  scale:Optional[float]=None, # logit scale for all four terms; default `1/sqrt(e)`
                  special_reset:bool=False, # learn TUPE's two per-head scalars for special tokens
@@ -78,9 +79,10 @@ class TransformerXLPositionalEmbedding(PositionalEmbedding):
             if d_model % num_heads: raise ValueError(f"`d_model`={d_model} is not divisible by `num_heads`={num_heads}; pass `head_dim`")
             head_dim = d_model // num_heads
         if clamp_len is not None and clamp_len < 0: raise ValueError(f"`clamp_len` must be >= 0 or None, got {clamp_len}")
-        if method not in ('auto', 'shift', 'gather', 'angle'): raise ValueError(f"`method` must be 'auto', 'shift', 'gather' or 'angle', got {method!r}")
+        if method not in ('auto', 'shift', 'gather', 'pairs', 'angle'): raise ValueError(f"`method` must be 'auto', 'shift', 'gather', 'pairs' or 'angle', got {method!r}")
         if method == 'angle' and clamp_len is not None: raise ValueError(f"method='angle' cannot clamp distances (clamp_len={clamp_len}); use 'auto'")
         self.d_model, self.head_dim, self.clamp_len, self.method, self.base = d_model, head_dim, clamp_len, method, base
+        self.window = clamp_len   # the engine's fixed band: distances beyond it behave like the clamp
         self.w_r = nn.Linear(d_model, num_heads * head_dim, bias=False)  # W_R
         self.u = nn.Parameter(torch.randn(num_heads, head_dim) * 0.02)   # global content bias
         self.v = nn.Parameter(torch.randn(num_heads, head_dim) * 0.02)   # global position bias
@@ -92,54 +94,37 @@ class TransformerXLPositionalEmbedding(PositionalEmbedding):
         R = txl_sinusoid(distances, self.d_model, self.base, torch.float64 if w.dtype == torch.float64 else torch.float32)
         return self.w_r(R.to(w.dtype)).view(-1, self.num_heads, self.head_dim)
 
-    def _pick(self, pq, pk):
-        "Choose the path: 'shift' (with the offset), 'band' (fixed band of `clamp_len`), 'gather' or 'angle'."
-        n, m = pq.shape[-1], pk.shape[-1]
-        c, mt = self.clamp_len, self.method
-        compiling = torch.compiler.is_compiling()
-        if mt == 'angle': return 'angle', None
-        if c is not None and (mt == 'gather' or (mt == 'auto' and (compiling or 2 * c + 1 <= n + m - 1))): return 'band', None
-        if compiling:  # no host sync while tracing
-            if mt == 'auto': return 'angle', None
-            if mt == 'shift':  # the eager check below, as a tensor asserted inside the graph: refused, never wrong
-                ok, delta = _contiguous(pq, pk)
-                torch._assert_async(ok, "method='shift' needs consecutive positions with one offset per batch "
-                                        "(checked inside the compiled graph); use method='auto' or 'gather'")
-                return 'shift', delta
-        delta = None if mt == 'gather' else contiguous_offset(pq, pk)
-        if delta is not None: return 'shift', delta
-        if mt == 'shift':
-            raise ValueError(f"method='shift' needs consecutive positions with one offset per batch: positions_q starts "
-                             f"{pq[0, :4].tolist()}, positions_k starts {pk[0, :4].tolist()}; use method='gather' or 'auto'")
-        return 'gather', None
+    def distance_keys(self, delta:Tensor)->Tensor: # `[U]` distances `j - i` -> `[h, U, e]`
+        "The engine's key vectors: `W_R R_{i-j}` at `i - j = -delta`."
+        return self.relative_embeddings(-delta).transpose(0, 1)
+
+    def distance_query(self, q:Tensor)->Tensor:
+        "`s (q + v)`: the query of terms (b) and (d), in logit units."
+        self._check_q(q)
+        return (q + self.v.to(q.dtype)[:, None]) * self.logit_scale(q.shape[-1])
+
+    def transform_qk(self, q, k, positions_q, positions_k):
+        "`q + u`: the content product `s (q + u) . k` carries terms (a) and (c)."
+        self._check_q(q)
+        return q + self.u.to(q.dtype)[:, None], k
+
+    def distance_logits(self, qr, positions_q, positions_k):
+        "The engine's paths, plus `method='angle'` (the angle identity for any positions)."
+        if self.method == 'angle': return self._angle_logits(qr, positions_q, positions_k)
+        return super().distance_logits(qr, positions_q, positions_k)
+
+    def pair_logits(self, qr, positions_q, positions_k):
+        "Per pair: the angle identity under `torch.compile` without a clamp (static shapes, no per-pair vectors), else the engine's."
+        if torch.compiler.is_compiling() and self.clamp_len is None: return self._angle_logits(qr, positions_q, positions_k)
+        return super().pair_logits(qr, positions_q, positions_k)
 
     def position_logits(self,
                         qv:Tensor, # `[b, h, n, e]`: queries plus `v`
                         positions_q:Tensor, # `[1|b, n]`
                         positions_k:Tensor, # `[1|b, m]`
                        )->Tensor: # `[b, h, n, m]`, unscaled
-        "Terms (b) + (d): `(q_i + v) . W_R R_{i-j}`, by the relative shift, a gather over distances, or the angle identity."
-        b, h, n, e = qv.shape
-        m = positions_k.shape[-1]
-        if self.method == 'auto' and is_decode_step(n) and not torch.compiler.is_compiling():
-            # a decode step: every pair's own distance (n*m of them, at most DECODE_QUERIES x the n+m-1 of the band) and no host
-            # sync, where choosing between shift and gather would read the positions on the host (issue 8)
-            dist = positions_q[:, :, None] - positions_k[:, None, :]                          # [1|b, n, m]
-            R = self.relative_embeddings(dist.reshape(-1)).to(qv.dtype).view(*dist.shape, h, e)  # [1|b, n, m, h, e]
-            return torch.einsum('bhne,bnmhe->bhnm', qv, R.expand(b, *R.shape[1:]))
-        path, delta = self._pick(positions_q, positions_k)
-        if path == 'angle': return self._angle_logits(qv, positions_q, positions_k)
-        if path == 'shift':
-            dist = delta + (n - 1) - torch.arange(n + m - 1, device=qv.device)   # largest first
-            band = torch.einsum('bhne,lhe->bhnl', qv, self.relative_embeddings(dist).to(qv.dtype))
-            return relative_shift(band)
-        dist = positions_q[:, :, None] - positions_k[:, None, :]                   # [1|b, n, m]
-        if path == 'band':
-            c = self.clamp_len
-            uniq, idx = torch.arange(-c, c + 1, device=qv.device), dist.clamp(-c, c) + c
-        else: uniq, idx = torch.unique(dist, return_inverse=True)
-        band = torch.einsum('bhne,lhe->bhnl', qv, self.relative_embeddings(uniq).to(qv.dtype))
-        return band.gather(-1, idx[:, None].expand(b, h, n, m))
+        "Terms (b) + (d) unscaled: `(q_i + v) . W_R R_{i-j}`, by the engine's shift, gather or per-pair path, or the angle identity."
+        return self.distance_logits(qv, positions_q, positions_k)
 
     def _angle_logits(self, qv, pq, pk):
         "`(q_i + v) . W_R R_{i-j}` for any positions as one matmul, by the angle-difference identities (no clamp)."
@@ -155,21 +140,24 @@ class TransformerXLPositionalEmbedding(PositionalEmbedding):
         K = torch.cat([aj.cos(), aj.sin()], -1).to(ct)[:, None]                    # [1|b, 1, m, d]
         return (Q @ K.transpose(-1, -2)).to(qv.dtype)
 
-    def qk_bias(self, q, k, positions_q, positions_k):
-        "Terms (b) + (c) + (d), scaled like `q . k`: `s ((q_i + v) . W_R R_{i-j} + u . k_j)`."
+    def _check_q(self, q:Tensor):
         h, e = q.shape[1], q.shape[-1]
         if h != self.num_heads or e != self.head_dim:
             raise ValueError(f"`q` is {list(q.shape)} but the scheme was built with num_heads={self.num_heads}, head_dim={self.head_dim}")
-        u, v = self.u.to(q.dtype), self.v.to(q.dtype)
-        pos = self.position_logits(q + v[:, None], positions_q, positions_k)      # (b) + (d)
-        content = torch.einsum('bhme,he->bhm', k, u)[:, :, None]                  # (c)
-        return (pos + content) * self.logit_scale(e)
+
+    def _prepare(self, q, k, v, positions_q, positions_k):
+        if positions_q is None and k.shape[2] != q.shape[2]:
+            n, m = q.shape[2], k.shape[2]
+            raise ValueError(f"{n} queries and {m} keys with the default `positions_q` (arange({n})) would put the queries in front of "
+                             f"the keys; pass `positions_q` (memory followed by the segment: arange({m - n}, {m}))" if m > n else
+                             f"{n} queries and {m} keys with the default `positions_q`: pass `positions_q` and `positions_k`")
+        return super()._prepare(q, k, v, positions_q, positions_k)
 
     def extra_repr(self)->str:
         s = f"d_model={self.d_model}, num_heads={self.num_heads}, head_dim={self.head_dim}"
         if self.clamp_len is not None: s += f", clamp_len={self.clamp_len}"
         if self.method != 'auto': s += f", method={self.method!r}"
-        rest = super().extra_repr().replace(f"num_heads={self.num_heads}", '').strip(', ')
+        rest = PositionalEmbedding.extra_repr(self).replace(f"num_heads={self.num_heads}", '').strip(', ')
         return s + (', ' + rest if rest else '')
 
     @classmethod
@@ -178,6 +166,7 @@ class TransformerXLPositionalEmbedding(PositionalEmbedding):
         return {'transformer_xl': cls(d_model, num_heads),
                 'transformer_xl_clamp4': cls(d_model, num_heads, clamp_len=4),
                 'transformer_xl_angle': cls(d_model, num_heads, method='angle')}
+
 
 # %% ../nbs/10_transformer_xl.ipynb #3bbc3d27
 #| code-fold: true

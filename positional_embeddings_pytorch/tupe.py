@@ -11,11 +11,12 @@ from torch import nn, Tensor
 import torch.nn.functional as F
 from typing import Optional
 from .core import *
+from .distance import *
 from .t5 import t5_relative_position_bucket
 
 # %% ../nbs/12_tupe.ipynb #f7016fc8
 #| code-fold: true
-class UnifiedPositionalEmbedding(PositionalEmbedding):
+class UnifiedPositionalEmbedding(DistanceEmbedding):
     "TUPE: an untied absolute positional term with its own projections, an optional T5 relative bias, and a learned `[CLS]` reset."
     name, family = 'tupe', 'untied absolute bias'
     paper = 'Ke, He and Liu 2021, Rethinking Positional Encoding in Language Pre-training (arXiv:2006.15595)'
@@ -45,6 +46,7 @@ class UnifiedPositionalEmbedding(PositionalEmbedding):
         self.pos_norm = nn.LayerNorm(d_model) if pos_norm else nn.Identity()
         self.pos_q, self.pos_k = nn.Linear(d_model, d_model), nn.Linear(d_model, d_model)
         self.relative_attention_bias = nn.Embedding(num_buckets, num_heads) if relative else None
+        self.window = 2 * max_distance   # T5's: every |j - i| >= 2D is in the last bucket of its sign
 
     def default_scale(self, e:int)->float:
         r"TUPE's $1/\sqrt{2e}$: two terms of variance about $e$ each."
@@ -70,23 +72,29 @@ class UnifiedPositionalEmbedding(PositionalEmbedding):
         self._check_range(positions_q, 'positions_q'); self._check_range(positions_k, 'positions_k')
         Q = self._project(self.pos_q, positions_q)
         K = Q if positions_k is positions_q and self.pos_q is self.pos_k else self._project(self.pos_k, positions_k)
-        return (Q @ K.transpose(-1, -2)) * self.logit_scale(self.head_dim)
+        return (Q @ K.transpose(-1, -2)).mul_(self.logit_scale(self.head_dim))   # fresh: scaled in place
+
+    def distance_bias(self, delta:Tensor, head:Optional[Tensor]=None)->Optional[Tensor]: # `[...]` -> `[h, ...]`, or `[...]` with `head`
+        "T5's bucketed bias $b_{j-i}$ (TUPE-R), of every head or of `head`: the distance engine spreads it over the pairs."
+        if self.relative_attention_bias is None: return None
+        w = self.relative_attention_bias.weight
+        bucket = t5_relative_position_bucket(delta, self.bidirectional, self.num_buckets, self.max_distance)
+        return w[bucket].movedim(-1, 0) if head is None else w[bucket, head]
 
     def relative_bias(self,
                       positions_q:Tensor, # `[1|b, n]`
                       positions_k:Tensor, # `[1|b, m]`
                      )->Optional[Tensor]: # `[1|b, h, n, m]`, or `None` for TUPE-A
-        "T5's bucketed bias $b_{j-i}$ (no special-token reset)."
+        "T5's bucketed bias $b_{j-i}$ from the distance engine: once per distance in a fixed band, gathered (no special-token reset)."
         if self.relative_attention_bias is None: return None
-        rel = positions_k[:, None, :] - positions_q[:, :, None]
-        bucket = t5_relative_position_bucket(rel, self.bidirectional, self.num_buckets, self.max_distance)
-        return self.relative_attention_bias(bucket).permute(0, 3, 1, 2)
+        return super().dense_bias(positions_q, positions_k)
 
     def dense_bias(self, positions_q, positions_k):
         "Absolute term plus relative bias, `[1|b, h, n, m]`."
         out = self.absolute_bias(positions_q, positions_k)
         rel = self.relative_bias(positions_q, positions_k)
-        return out if rel is None else out + rel.to(out.dtype)
+        if rel is None: return out
+        return out.add_(rel.to(out.dtype)) if out.shape == torch.broadcast_shapes(out.shape, rel.shape) else out + rel.to(out.dtype)
 
     def pair_bias(self, h, i, j):
         "The same value for one `(head, i, j)`, elementwise (FlexAttention's `score_mod`)."
@@ -94,9 +102,7 @@ class UnifiedPositionalEmbedding(PositionalEmbedding):
         Q = self.pos_q(P).unflatten(-1, (self.num_heads, self.head_dim))   # [L, h, e]
         K = self.pos_k(P).unflatten(-1, (self.num_heads, self.head_dim))
         out = (Q[i, h] * K[j, h]).sum(-1) * self.logit_scale(self.head_dim)
-        if self.relative_attention_bias is not None:
-            bucket = t5_relative_position_bucket(j - i, self.bidirectional, self.num_buckets, self.max_distance)
-            out = out + self.relative_attention_bias.weight[bucket, h]
+        if self.relative_attention_bias is not None: out = out + super().pair_bias(h, i, j)
         return out
 
     @property
@@ -114,3 +120,4 @@ class UnifiedPositionalEmbedding(PositionalEmbedding):
         return {'tupe-a': cls(d_model, num_heads, relative=False),
                 'tupe-r': cls(d_model, num_heads),
                 'tupe-r-decoder': cls(d_model, num_heads, bidirectional=False)}
+

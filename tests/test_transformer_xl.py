@@ -150,7 +150,8 @@ def test_special_tokens_reset():
     x = torch.randn(1, 2, 7, 8)
     with torch.no_grad():
         lg = pe.forward_attn(x, x, pos, pos)
-        content = x @ x.transpose(-1, -2) / math.sqrt(8)
+        # a special token's pairs keep the content terms (a) + (c), s (q + u) . k: u is content, not position (issue 10)
+        content = (x + pe.u[:, None]) @ x.transpose(-1, -2) / math.sqrt(8)
         torch.testing.assert_close(lg[..., :2, :], content[..., :2, :])
         torch.testing.assert_close(lg[..., :, :2], content[..., :, :2])
         torch.testing.assert_close(lg[..., 2:, 2:], pe.forward_attn(x[:, :, 2:], x[:, :, 2:]), rtol=1e-5, atol=1e-5)
