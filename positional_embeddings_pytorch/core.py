@@ -274,6 +274,7 @@ class PositionalEmbedding(nn.Module):
     absolute:bool = False  # does it carry absolute position (so shift invariance fails)?
     float_positions:bool = False  # may positions be fractional?
     handles_special:bool = False  # True if the hooks handle negative (special) positions themselves
+    pair_local:bool = True        # a pair's logit depends on that query, that key and their positions only (CoPE's counts read every key between)
 
     def __init__(self,
                  num_heads:Optional[int]=None, # heads, for per-head terms and the special-token reset

@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['enformer_exponential_basis', 'enformer_central_mask_basis', 'enformer_gamma_basis', 'enformer_features',
-           'EnformerPositionalEmbedding']
+           'check_gamma_table', 'EnformerPositionalEmbedding']
 
 # %% ../nbs/13_enformer.ipynb #b50b82ff
 import math, torch
@@ -51,31 +51,52 @@ def enformer_gamma_basis(distances:Tensor, # integer distances, any shape `[...]
                          max_len:int, # sets the means (up to `max_len`) and the spread
                          eps:float=1e-8, # floor added before normalising
                         )->Tensor: # float64 `[..., num_basis]`
-    r"Gamma densities of $|\delta|$ with evenly spaced means, each distance normalised by its largest feature."
+    r"Gamma densities of $|\delta|$ with evenly spaced means, each function scaled to a maximum of 1 over the distances $0 \dots L-1$."
     _check_basis(num_basis, max_len)
     a = _as_distance(distances)
     sd = max_len / (2 * num_basis)
     mean = torch.linspace(max_len / num_basis, max_len, num_basis, dtype=torch.float64, device=a.device)
     conc, rate = (mean / sd) ** 2, mean / sd ** 2
-    logp = torch.xlogy(conc - 1., a) - rate * a - (torch.lgamma(conc) - conc * torch.log(rate))
-    p = torch.exp(logp) + eps
-    return p / p.amax(-1, keepdim=True)
+    def density(x): return torch.exp(torch.xlogy(conc - 1., x) - rate * x - (torch.lgamma(conc) - conc * torch.log(rate))) + eps
+    # each density is unimodal with its mode at (conc - 1) / rate: its largest value over the integer distances
+    # 0 .. L-1 (the released table's range) is at the integer just below or just above the mode
+    mode = ((conc - 1.) / rate).clamp(0, max_len - 1)
+    peak = torch.maximum(density(mode.floor()), density(mode.ceil()))
+    return density(a) / peak
+
 
 # %% ../nbs/13_enformer.ipynb #c5791d86
+#| code-fold: true
 def enformer_features(distances:Tensor, # integer distances $\delta = j - i$, any shape `[...]`
                       num_features:int, # $f$, a multiple of 6
                       max_len:int=1536, # $L$, the length that sets the basis' scales
                       dtype:torch.dtype=torch.float32, # dtype of the result (computed in float64)
+                      gamma_table:Optional[Tensor]=None, # `[2L - 1, f/6]`: released gamma values for $\delta = -(L-1) \dots L-1$
                      )->Tensor: # `[..., num_features]`
     "Enformer's relative features: exponential, central-mask and gamma bases, then their sign-multiplied copy."
     if num_features < 6 or num_features % 6:
         raise ValueError(f"`num_features` must be a positive multiple of 6 (3 bases x 2 signs), got {num_features}")
     k = num_features // 6
-    one = torch.cat([enformer_exponential_basis(distances, k, max_len),
-                     enformer_central_mask_basis(distances, k),
-                     enformer_gamma_basis(distances, k, max_len)], -1)
+    if gamma_table is None: gamma = enformer_gamma_basis(distances, k, max_len)
+    else:
+        check_gamma_table(gamma_table, k, max_len)
+        check_position_range(distances.abs(), max_len, '|j - i| (the gamma table covers |j - i| < max_len)')
+        gamma = gamma_table.to(distances.device, torch.float64)[distances + (max_len - 1)]
+    one = torch.cat([enformer_exponential_basis(distances, k, max_len), enformer_central_mask_basis(distances, k), gamma], -1)
     sign = torch.sign(distances).to(torch.float64)[..., None]
     return torch.cat([one, sign * one], -1).to(dtype)
+
+def check_gamma_table(table:Tensor, # the table to check
+                      num_basis:int, # $f/6$ columns expected
+                      max_len:int, # $L$: rows for the distances $-(L-1) \dots L-1$
+                     ):
+    "Refuse a gamma table that does not cover `max_len` with `num_basis` functions, naming both shapes."
+    if not isinstance(table, Tensor) or not table.is_floating_point():
+        raise TypeError(f"`gamma_table` must be a float tensor, got {getattr(table, 'dtype', type(table).__name__)}")
+    if tuple(table.shape) != (2 * max_len - 1, num_basis):
+        raise ValueError(f"`gamma_table` has shape {list(table.shape)}, but max_len={max_len} and {num_basis} gamma functions "
+                         f"need [{2 * max_len - 1}, {num_basis}] (distances -{max_len - 1} .. {max_len - 1})")
+
 
 # %% ../nbs/13_enformer.ipynb #b2c66c1b
 #| code-fold: true
@@ -93,6 +114,7 @@ class EnformerPositionalEmbedding(DistanceEmbedding):
                  max_len:int=1536, # $L$, the length that sets the basis' scales
                  scale:Optional[float]=None, # logit scale; default `1/sqrt(e)`
                  special_reset:bool=False, # learn TUPE's per-head scalars for special tokens
+                 gamma_table:Optional[Tensor]=None, # `[2 max_len - 1, f/6]` released gamma features (enformer-pytorch's `TF_GAMMAS`)
                 ):
         check_positive_int(num_heads, 'num_heads'); check_positive_int(head_dim, 'head_dim'); check_positive_int(max_len, 'max_len', 2)
         super().__init__(num_heads=num_heads, scale=scale, special_reset=special_reset)
@@ -101,6 +123,9 @@ class EnformerPositionalEmbedding(DistanceEmbedding):
             raise ValueError(f"`num_features` must be a positive multiple of 6 (3 bases x 2 signs), got {num_features}")
         if max_len < 2: raise ValueError(f"`max_len` must be >= 2, got {max_len}")
         self.head_dim, self.num_features, self.max_len = head_dim, num_features, max_len
+        if gamma_table is not None: check_gamma_table(gamma_table, num_features // 6, max_len)
+        # a fixed table: not in the state_dict, kept in float64 whatever the module is cast to (see `_apply`)
+        self.register_buffer('gamma_table', None if gamma_table is None else gamma_table.detach().to(torch.float64), persistent=False)
         self.to_rel_k = nn.Linear(num_features, num_heads * head_dim, bias=False)
         self.rel_content_bias = nn.Parameter(torch.randn(1, num_heads, 1, head_dim))  # u
         self.rel_pos_bias = nn.Parameter(torch.randn(1, num_heads, 1, head_dim))      # v
@@ -114,7 +139,7 @@ class EnformerPositionalEmbedding(DistanceEmbedding):
     def relative_keys(self, distances:Tensor, # integer distances `[U]`
                      )->Tensor: # `[h, U, e]`
         r"The per-head key vectors $r_\delta$ of the given distances."
-        feats = enformer_features(distances, self.num_features, self.max_len, dtype=self.to_rel_k.weight.dtype)
+        feats = enformer_features(distances, self.num_features, self.max_len, dtype=self.to_rel_k.weight.dtype, gamma_table=self.gamma_table)
         return self.to_rel_k(feats).view(-1, self.num_heads, self.head_dim).transpose(0, 1)
 
     def transform_qk(self, q, k, positions_q, positions_k):
@@ -142,11 +167,19 @@ class EnformerPositionalEmbedding(DistanceEmbedding):
         h, e = self.num_heads, self.head_dim
         W = self.to_rel_k.weight.view(h, e, self.num_features).to(qv.dtype)
         a = qv @ W                                                        # [b, h, n, f]: the query in feature space
-        feats = enformer_features(dist, self.num_features, self.max_len, dtype=qv.dtype)   # [1|b, n, m, f]
+        feats = enformer_features(dist, self.num_features, self.max_len, dtype=qv.dtype, gamma_table=self.gamma_table)   # [1|b, n, m, f]
         return (a.unsqueeze(-2) @ feats.unsqueeze(1).transpose(-1, -2)).squeeze(-2)        # [b, h, n, m]
 
+    def _apply(self, fn, recurse=True):
+        # `.to(dtype)`, `.half()` cast every float buffer: the released gamma table keeps its float64 values, on the new device
+        table = self.gamma_table
+        super()._apply(fn, recurse)
+        if table is not None: self.gamma_table = table.to(self.gamma_table.device)
+        return self
+
     def extra_repr(self)->str:
-        return f"{super().extra_repr()}, head_dim={self.head_dim}, num_features={self.num_features}, max_len={self.max_len}"
+        return (f"{super().extra_repr()}, head_dim={self.head_dim}, num_features={self.num_features}, max_len={self.max_len}"
+                + (", gamma_table=released" if self.gamma_table is not None else ''))
 
     @classmethod
     def examples(cls, d_model:int=64, num_heads:int=4)->dict:
@@ -154,4 +187,5 @@ class EnformerPositionalEmbedding(DistanceEmbedding):
         return {'enformer': cls(num_heads, e, num_features=6 * max(1, e // 6), max_len=64),
                 'enformer-L1536': cls(num_heads, e),
                 'enformer-cls': cls(num_heads, e, num_features=6 * max(1, e // 6), max_len=64, special_reset=True)}
+
 

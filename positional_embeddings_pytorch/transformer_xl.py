@@ -146,7 +146,8 @@ class TransformerXLPositionalEmbedding(DistanceEmbedding):
             raise ValueError(f"`q` is {list(q.shape)} but the scheme was built with num_heads={self.num_heads}, head_dim={self.head_dim}")
 
     def _prepare(self, q, k, v, positions_q, positions_k):
-        if positions_q is None and k.shape[2] != q.shape[2]:
+        check_qkv(q, k, v)   # shapes first: the check below reads the lengths
+        if positions_q is None and k.shape[2] != q.shape[2] and q.shape[2] and k.shape[2]:   # (no pair at all is no error)
             n, m = q.shape[2], k.shape[2]
             raise ValueError(f"{n} queries and {m} keys with the default `positions_q` (arange({n})) would put the queries in front of "
                              f"the keys; pass `positions_q` (memory followed by the segment: arange({m - n}, {m}))" if m > n else

@@ -27,8 +27,22 @@ def test_features_match_enformer_pytorch(n, f):
     g = set(gamma_columns(f))
     rest = [c for c in range(f) if c not in g]
     torch.testing.assert_close(ours[:, rest], theirs[:, rest], atol=1e-6, rtol=0)
-    if n <= 8:  # short lengths: float32 lgamma is still exact enough, so the gamma basis matches too
-        torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
+    # their gamma columns (use_tf_gamma=False) scale each distance by its largest feature, which DeepMind's
+    # released features do not do (issue 10): with their own values passed as the table, everything matches
+    table = enf.get_positional_features_gamma(torch.arange(-n + 1, n), f // 6, n)
+    torch.testing.assert_close(enformer_features(torch.arange(-n + 1, n), f, n, gamma_table=table), theirs, atol=1e-6, rtol=0)
+
+
+def test_gamma_matches_released_tf_gammas():
+    "Each gamma function scaled to a maximum of 1 over distances, as DeepMind's released table (enformer-pytorch's TF_GAMMAS)."
+    d = torch.arange(-1535, 1536)
+    ours, tf = enformer_gamma_basis(d, 32, 1536), enf.TF_GAMMAS.double()
+    assert torch.allclose(ours.amax(0), torch.ones(32, dtype=torch.float64)) and torch.allclose(tf.amax(0), torch.ones(32, dtype=torch.float64))
+    rel = ((ours - tf).abs() / tf).max().item()
+    assert rel < 3.5e-3, rel     # TensorFlow's float32 lgamma of concentrations up to 4096; the old axis was off by up to 1.0
+    feats = enformer_features(d, 192, 1536, gamma_table=enf.TF_GAMMAS)
+    torch.testing.assert_close(feats[:, 64:96], enf.TF_GAMMAS, atol=0, rtol=0)
+    torch.testing.assert_close(feats[:, 160:], torch.sign(d)[:, None] * enf.TF_GAMMAS, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("n,f", [(8, 12), (64, 48), (1536, 192)])
@@ -38,9 +52,7 @@ def test_gamma_is_their_formula_in_float64(n, f):
     mean = torch.linspace(n / k, n, k, dtype=torch.float64)
     sd = n / (2 * k)
     pdf = enf.gamma_pdf(d.double().abs()[:, None], (mean / sd) ** 2, mean / sd ** 2) + 1e-8
-    torch.testing.assert_close(enformer_gamma_basis(d, k, n), pdf / pdf.amax(-1, keepdim=True), atol=1e-12, rtol=0)
-    theirs32 = enf.get_positional_features_gamma(d, k, n)
-    assert (enformer_gamma_basis(d, k, n) - theirs32.double()).abs().max() < 5e-3  # the documented float32 gap
+    torch.testing.assert_close(enformer_gamma_basis(d, k, n), pdf / pdf.amax(0, keepdim=True), atol=1e-12, rtol=0)  # per function
 
 
 def test_bases_by_definition():
@@ -50,8 +62,8 @@ def test_bases_by_definition():
     torch.testing.assert_close(ex[:, -1], 2.0 ** (-d.abs().double() / 64))     # longest half-life max_len
     m = enformer_central_mask_basis(d, 4)                                        # widths 1, 3, 7, 15
     assert m[:, 0].tolist() == [1, 0, 0, 0, 0, 0] and m[:, 3].tolist() == [1, 1, 1, 1, 1, 0]
-    g = enformer_gamma_basis(d, 4, 64)
-    assert torch.allclose(g.amax(-1), torch.ones(6, dtype=torch.float64))
+    g = enformer_gamma_basis(torch.arange(64), 4, 64)
+    assert torch.allclose(g.amax(0), torch.ones(4, dtype=torch.float64))          # each function peaks at 1 over 0..L-1
     feats = enformer_features(d, 24, 64, dtype=torch.float64)
     torch.testing.assert_close(feats[:, 12:], torch.sign(d).double()[:, None] * feats[:, :12])
 
@@ -60,7 +72,9 @@ def enformer_pair(n, dim=32, heads=4, dk=8, f=24, seed=0):
     torch.manual_seed(seed)
     ref = enf.Attention(dim, num_rel_pos_features=f, heads=heads, dim_key=dk, dim_value=dk).eval()
     torch.nn.init.normal_(ref.to_out.weight)
-    pe = EnformerPositionalEmbedding(heads, dk, num_features=f, max_len=n)
+    # their layer computes the gamma features per length, each distance scaled by its largest feature: pass those values
+    table = enf.get_positional_features_gamma(torch.arange(-n + 1, n), f // 6, n)
+    pe = EnformerPositionalEmbedding(heads, dk, num_features=f, max_len=n, gamma_table=table)
     missing = pe.load_state_dict({k: v for k, v in ref.state_dict().items() if k in pe.state_dict()}, strict=False)
     assert not missing.missing_keys
     return ref, pe
@@ -77,6 +91,29 @@ def test_attention_layer_matches_enformer_pytorch(n):
         for be in ('reference', 'sdpa'):
             ours = ref.to_out(rearrange(pe.attention(q, k, v, backend=be), 'b h n e -> b n (h e)'))
             torch.testing.assert_close(ours, ref(x), atol=1e-5, rtol=1e-5)
+
+
+def test_attention_layer_matches_enformer_pytorch_released_gammas():
+    "The pretrained path: their layer with use_tf_gamma=True (L = 1536) equals ours built with the released table, weights copied."
+    n, dim, heads, dk, f = 1536, 32, 2, 8, 192
+    torch.manual_seed(0)
+    ref = enf.Attention(dim, num_rel_pos_features=f, heads=heads, dim_key=dk, dim_value=dk, use_tf_gamma=True).eval()
+    torch.nn.init.normal_(ref.to_out.weight)
+    pe = EnformerPositionalEmbedding(heads, dk, num_features=f, max_len=n, gamma_table=enf.TF_GAMMAS)
+    assert not pe.load_state_dict({k: v for k, v in ref.state_dict().items() if k in pe.state_dict()}, strict=False).missing_keys
+    x = torch.randn(1, n, dim)
+    split = lambda t: rearrange(t, 'b n (h e) -> b h n e', h=heads)
+    with torch.no_grad():
+        q, k, v = split(ref.to_q(x)), split(ref.to_k(x)), split(ref.to_v(x))
+        want = ref(x)
+        for be in ('reference', 'sdpa'):
+            torch.testing.assert_close(ref.to_out(rearrange(pe.attention(q, k, v, backend=be), 'b h n e -> b n (h e)')), want, atol=2e-5, rtol=1e-5)
+    assert 'gamma_table' not in pe.state_dict()
+    pe.to(torch.bfloat16)
+    assert pe.gamma_table.dtype == torch.float64 and torch.equal(pe.gamma_table, enf.TF_GAMMAS.double())   # the table is not rounded
+    with pytest.raises(ValueError, match=r"\[3071, 32\]"): EnformerPositionalEmbedding(heads, dk, f, max_len=n, gamma_table=enf.TF_GAMMAS[:-1])
+    with pytest.raises(ValueError, match="max_positions=1536"):
+        pe.float().forward_attn(q[:, :, :1], k[:, :, :1], torch.tensor([0]), torch.tensor([1536]))
 
 
 def naive_logits(pe, q, k, pq, pk):

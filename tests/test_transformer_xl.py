@@ -274,3 +274,14 @@ def test_float64_angle_path():
     for mt in ('shift', 'gather'): torch.testing.assert_close(logits['angle'], logits[mt], rtol=1e-12, atol=1e-12)
     qg = q.clone().requires_grad_()
     assert torch.autograd.gradcheck(lambda q: pes['angle'].forward_attn(q, k, pq, pk), (qg,))
+
+
+def test_memory_without_positions_is_refused():
+    "Keys = memory + segment with the default positions_q would put the queries in front of the memory: refused, with the fix."
+    pe = make()
+    q, k, v = torch.randn(1, 2, 4, 8), torch.randn(1, 2, 10, 8), torch.randn(1, 2, 10, 8)
+    for call in (lambda: pe.forward_attn(q, k), lambda: pe.attention(q, k, v), lambda: pe.attention(q, k, v, positions_k=torch.arange(10))):
+        with pytest.raises(ValueError, match=r"pass `positions_q` \(memory followed by the segment: arange\(6, 10\)\)"): call()
+    with torch.no_grad():   # with the positions given, the memory layout is honoured: equal to the pair-by-pair definition
+        torch.testing.assert_close(pe.forward_attn(q, k, torch.arange(6, 10)).double(), naive_logits(pe, q, k, torch.arange(6, 10), torch.arange(10)).double(),
+                                   rtol=1e-5, atol=1e-5)

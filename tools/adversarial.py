@@ -40,7 +40,7 @@ def prepared(pe, dtype, seed=0):
 # ---- the independent reference ---------------------------------------------------------------------------------
 
 def pair_logits(pe, q, k, pq, pk)->Tensor:
-    "`[b, h, n, m]` float64 logits, one `(query, key)` pair per call."
+    "`[b, h, n, m]` float64 logits, one `(query, key)` pair per call (one query per call for a scheme that is not `pair_local`)."
     b, h, n, e = q.shape
     m = k.shape[2]
     pq, pk = pq.expand(b, n).long() if not pq.is_floating_point() else pq.expand(b, n), pk.expand(b, m).long() if not pk.is_floating_point() else pk.expand(b, m)
@@ -50,6 +50,9 @@ def pair_logits(pe, q, k, pq, pk)->Tensor:
         L = int(max(pq.clamp_min(0).max(), pk.clamp_min(0).max())) + 1
     for bi in range(b):
         for i in range(n):
+            if not getattr(pe, 'pair_local', True):   # a term that reads the other keys (CoPE's counts): one query, all keys
+                out[bi, :, i, :] = pe.forward_attn(q[bi:bi + 1, :, i:i + 1], k[bi:bi + 1], pq[bi, i:i + 1], pk[bi])[0, :, 0].double()
+                continue
             for j in range(m):
                 qi, kj = q[bi:bi + 1, :, i:i + 1], k[bi:bi + 1, :, j:j + 1]
                 if dynamic:
@@ -257,7 +260,7 @@ def run_ctors(T):
     import inspect
     for cls in scheme_classes() + [__import__('positional_embeddings_pytorch').MultiHeadAttention]:
         sig = inspect.signature(cls.__init__)
-        good = {'num_heads': 4, 'd_model': 32, 'head_dim': 8, 'rotary_dim': 8, 'max_positions': 16, 'num_features': 12,
+        good = {'num_heads': 4, 'd_model': 32, 'head_dim': 8, 'rotary_dim': 8, 'max_positions': 16, 'num_features': 12, 'mrope_section': [2, 1, 1], 'dim': 8,
                 'pe': __import__('positional_embeddings_pytorch').NoPositionalEmbedding()}
         base = {p: good[p] for p in sig.parameters if p in good and sig.parameters[p].default is inspect.Parameter.empty}
         for arg, val in CTOR_BAD:
