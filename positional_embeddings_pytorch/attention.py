@@ -56,21 +56,24 @@ class MultiHeadAttention(nn.Module):
                  num_heads:int, # heads `h`; head width `e = d / h`
                  pe:PositionalEmbedding, # the positional scheme
                  bias:bool=False, # biases in the projections
+                 num_kv_heads:Optional[int]=None, # key/value heads `h_kv` (a divisor of `h`): grouped-query attention; 1 is multi-query
                 ):
         super().__init__()
         check_positive_int(d_model, 'd_model'); check_positive_int(num_heads, 'num_heads')
+        num_kv_heads = num_heads if num_kv_heads is None else check_positive_int(num_kv_heads, 'num_kv_heads')
+        if num_heads % num_kv_heads: raise ValueError(f"`num_kv_heads`={num_kv_heads} does not divide `num_heads`={num_heads}")
         if not isinstance(pe, PositionalEmbedding): raise TypeError(f"`pe` must be a PositionalEmbedding, got {type(pe).__name__}")
         if d_model % num_heads: raise ValueError(f"`d_model`={d_model} is not divisible by `num_heads`={num_heads}")
-        self.d_model, self.num_heads, self.head_dim = d_model, num_heads, d_model // num_heads
+        self.d_model, self.num_heads, self.num_kv_heads, self.head_dim = d_model, num_heads, num_kv_heads, d_model // num_heads
         self.pe = pe
         self.q_proj = nn.Linear(d_model, d_model, bias=bias)
-        self.k_proj = nn.Linear(d_model, d_model, bias=bias)
-        self.v_proj = nn.Linear(d_model, d_model, bias=bias)
+        self.k_proj = nn.Linear(d_model, num_kv_heads * self.head_dim, bias=bias)   # the KV cache holds h_kv heads
+        self.v_proj = nn.Linear(d_model, num_kv_heads * self.head_dim, bias=bias)
         self.out_proj = nn.Linear(d_model, d_model, bias=bias)
 
-    def _heads(self, x:Tensor)->Tensor: # [b, t, d] -> [b, h, t, e]
+    def _heads(self, x:Tensor)->Tensor: # [b, t, heads * e] -> [b, heads, t, e]
         b, t, _ = x.shape
-        return x.view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        return x.view(b, t, -1, self.head_dim).transpose(1, 2)
 
     def forward(self,
                 x:Tensor, # `[b, n, d]` queries' hidden states
@@ -112,14 +115,16 @@ class MultiHeadAttention(nn.Module):
         o = self.pe.attention(q, k, v, None if default else pq, None if default else pk, causal=causal, attn_mask=attn_mask)
         return self.out_proj(o.transpose(1, 2).reshape(b, n, self.d_model))
 
+
 # %% ../nbs/01_attention.ipynb #fd3a2b98
 class Block(nn.Module):
     "Pre-norm transformer block: self-attention, optional cross-attention, MLP."
     def __init__(self, d_model:int, num_heads:int, pe:PositionalEmbedding, mlp_ratio:int=4,
                  cross_pe:Optional[PositionalEmbedding]=None, # set to add cross-attention
+                 num_kv_heads:Optional[int]=None, # key/value heads of the self-attention (grouped-query); default `num_heads`
                 ):
         super().__init__()
-        self.norm1, self.attn = nn.LayerNorm(d_model), MultiHeadAttention(d_model, num_heads, pe)
+        self.norm1, self.attn = nn.LayerNorm(d_model), MultiHeadAttention(d_model, num_heads, pe, num_kv_heads=num_kv_heads)
         self.cross = None
         if cross_pe is not None:
             self.norm_c, self.cross = nn.LayerNorm(d_model), MultiHeadAttention(d_model, num_heads, cross_pe)
@@ -145,6 +150,7 @@ class Transformer(nn.Module):
                  causal:bool=True, # decoder (True) or encoder (False)
                  mlp_ratio:int=4,
                  cross_attention:bool=False, # add cross-attention to every block (decoder of an encoder-decoder)
+                 num_kv_heads:Optional[int]=None, # key/value heads per layer (grouped-query attention); default `num_heads`
                 ):
         super().__init__()
         for nm, val in (('vocab_size', vocab_size), ('d_model', d_model), ('num_heads', num_heads), ('num_layers', num_layers), ('mlp_ratio', mlp_ratio)):
@@ -153,7 +159,8 @@ class Transformer(nn.Module):
         if len(pes) != num_layers: raise ValueError(f"got {len(pes)} positional embeddings for {num_layers} layers")
         self.pe, self.causal, self.num_layers = pes[0], causal, num_layers
         self.embed = nn.Embedding(vocab_size, d_model)
-        self.blocks = nn.ModuleList(Block(d_model, num_heads, p, mlp_ratio, NoPositionalEmbedding() if cross_attention else None) for p in pes)
+        self.blocks = nn.ModuleList(Block(d_model, num_heads, p, mlp_ratio, NoPositionalEmbedding() if cross_attention else None,
+                                          num_kv_heads=num_kv_heads) for p in pes)
         self.norm = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, vocab_size, bias=False)
 

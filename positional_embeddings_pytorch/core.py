@@ -4,7 +4,7 @@
 
 # %% auto #0
 __all__ = ['DECODE_QUERIES', 'check_positions', 'check_position_range', 'check_positive_int', 'is_special', 'add_special_tokens',
-           'is_decode_step', 'special_rule', 'reset_special', 'check_qkv', 'causal_rule', 'causal_mask',
+           'is_decode_step', 'special_rule', 'reset_special', 'check_qkv', 'repeat_kv', 'causal_rule', 'causal_mask',
            'check_attn_mask', 'attention_mask', 'resolve_device', 'masked_softmax', 'reference_attention',
            'PositionalEmbedding', 'NoPositionalEmbedding']
 
@@ -128,9 +128,10 @@ def reset_special(term:Tensor, # positional logits `[1|b, h, n, m]`
 
 
 # %% ../nbs/00_core.ipynb #d0e849bf
+#| code-fold: true
 def check_qkv(q:Tensor, # `[b, h, n, e]`
-              k:Tensor, # `[b, h, m, e]`
-              v:Optional[Tensor]=None, # `[b, h, m, e_v]`
+              k:Tensor, # `[b, h_kv, m, e]`: `h_kv` divides `h` (grouped-query attention; `h_kv = 1` is multi-query)
+              v:Optional[Tensor]=None, # `[b, h_kv, m, e_v]`
              ):
     "Check shapes, dtypes and devices of `q`, `k` (and `v`); raise an error that names the numbers."
     for name, t in (('q', q), ('k', k), ('v', v)):
@@ -140,7 +141,8 @@ def check_qkv(q:Tensor, # `[b, h, n, e]`
         if not t.is_floating_point(): raise TypeError(f"`{name}` must be floating point, got {t.dtype}")
     b, h, n, e = q.shape
     if k.shape[0] != b: raise ValueError(f"`q` is {list(q.shape)} but `k` has batch size {k.shape[0]}")
-    if k.shape[1] != h: raise ValueError(f"`q` is {list(q.shape)} but `k` has {k.shape[1]} heads")
+    if k.shape[1] < 1 or h % k.shape[1]:
+        raise ValueError(f"`q` is {list(q.shape)} but `k` has {k.shape[1]} heads: the key/value heads must divide the {h} query heads")
     if k.shape[3] != e: raise ValueError(f"`q` is {list(q.shape)} but `k` has head width {k.shape[3]}")
     if v is not None and tuple(v.shape[:3]) != tuple(k.shape[:3]):
         raise ValueError(f"`k` is {list(k.shape)} but `v` is {list(v.shape)}: batch, heads and length must match")
@@ -148,6 +150,14 @@ def check_qkv(q:Tensor, # `[b, h, n, e]`
         if t is None: continue
         if t.dtype != q.dtype: raise TypeError(f"`q` has dtype {q.dtype} but `{name}` has {t.dtype}")
         if t.device != q.device: raise ValueError(f"`q` is on {q.device} but `{name}` is on {t.device}")
+
+def repeat_kv(t:Tensor, # keys or values `[b, h_kv, m, e]`
+              h:int, # query heads `h`, a multiple of `h_kv`
+             )->Tensor: # `[b, h, m, e]`
+    "Key/value heads repeated for grouped-query attention: query head `i` reads key/value head `i // (h / h_kv)`."
+    g = h // t.shape[1]
+    return t if g == 1 else t.repeat_interleave(g, dim=1)   # the grouping of Hugging Face's `repeat_kv` and SDPA's `enable_gqa`
+
 
 # %% ../nbs/00_core.ipynb #74b6ec18
 #| code-fold: true
@@ -275,6 +285,7 @@ class PositionalEmbedding(nn.Module):
     float_positions:bool = False  # may positions be fractional?
     handles_special:bool = False  # True if the hooks handle negative (special) positions themselves
     pair_local:bool = True        # a pair's logit depends on that query, that key and their positions only (CoPE's counts read every key between)
+    special_position_free:bool = True  # a special token's logits ignore every real position (False for rotary: see 'Special tokens')
 
     def __init__(self,
                  num_heads:Optional[int]=None, # heads, for per-head terms and the special-token reset
@@ -416,11 +427,12 @@ class PositionalEmbedding(nn.Module):
                     )->Tensor: # `[b, h, n, m]` logits, scaled, unmasked
         "Pre-softmax attention logits: content and positional terms, with the scheme's scaling."
         pq, pk = self._prepare(q, k, None, positions_q, positions_k)
+        h = q.shape[1]
         if q.shape[2] == 0 or k.shape[2] == 0:   # no pair: the empty logits, without calling the hooks on empty positions
-            return (q @ k.transpose(-1, -2)) * self.logit_scale(q.shape[-1])
+            return (q @ repeat_kv(k, h).transpose(-1, -2)) * self.logit_scale(q.shape[-1])
         qt, kt = self.transform_qk(q, k, self._plain(pq), self._plain(pk))
-        logits = (qt @ kt.transpose(-1, -2)) * self.logit_scale(q.shape[-1])
-        pos = self._positional_logits(q, k, pq, pk)
+        logits = (qt @ repeat_kv(kt, h).transpose(-1, -2)) * self.logit_scale(q.shape[-1])
+        pos = self._positional_logits(q, repeat_kv(k, h), pq, pk)   # the hooks see one key head per query head
         return logits if pos is None else logits + pos.to(logits.dtype)
 
     def attention(self,
@@ -451,7 +463,7 @@ class PositionalEmbedding(nn.Module):
         if backend == 'auto': backend = self._auto_backend(q)
         if backend == 'reference':
             mask = attention_mask(pq, pk, shape, causal, attn_mask)
-            return reference_attention(self.forward_attn(q, k, pq, pk), v, mask)
+            return reference_attention(self.forward_attn(q, k, pq, pk), repeat_kv(v, h), mask)
         if backend == 'flex': return self._flex_attention(q, k, v, pq, pk, causal, attn_mask)
         return self._sdpa_attention(q, k, v, pq, pk, causal, attn_mask, default_positions=positions_q is None and positions_k is None)
 
@@ -463,14 +475,15 @@ class PositionalEmbedding(nn.Module):
 
     def _sdpa_attention(self, q, k, v, pq, pk, causal, attn_mask, default_positions=False):
         e, n, m = q.shape[-1], q.shape[2], k.shape[2]
+        gqa = {'enable_gqa': True} if k.shape[1] != q.shape[1] else {}   # SDPA reads each key/value head for its group
         qt, kt = self.transform_qk(q, k, self._plain(pq), self._plain(pk))
-        pos = self._positional_logits(q, k, pq, pk)
+        pos = self._positional_logits(q, repeat_kv(k, q.shape[1]), pq, pk)
         scale = self.logit_scale(e)
         # the ordinary self-attention layout: keys at consecutive positions ending with the queries'
         aligned = causal and attn_mask is None and n == m and (default_positions or _aligned(pq, pk))
         if pos is None and attn_mask is None and (not causal or aligned):
             # fully fused: no n x m tensor at all
-            return _sdpa(qt, kt, v, is_causal=causal, scale=scale)
+            return _sdpa(qt, kt, v, is_causal=causal, scale=scale, **gqa)
         mask = attention_mask(pq, pk, (q.shape[0], q.shape[1], n, m), causal, attn_mask)
         if mask is not None and mask.dtype != torch.bool and mask.dtype != q.dtype: mask = mask.to(q.dtype)  # SDPA needs q's dtype
         visible = None
@@ -485,7 +498,7 @@ class PositionalEmbedding(nn.Module):
                     pos = pos.masked_fill_(~mask, float('-inf')) if fits else pos.masked_fill(~mask, float('-inf'))
                 else: pos = pos.add_(mask.to(q.dtype)) if fits else pos + mask.to(q.dtype)
             mask = pos
-        out = _sdpa(qt, kt, v, attn_mask=mask, scale=scale)
+        out = _sdpa(qt, kt, v, attn_mask=mask, scale=scale, **gqa)
         return out if visible is None else torch.where(visible, out, out.new_zeros(()))
 
     def _flex_attention(self, q, k, v, pq, pk, causal, attn_mask):
@@ -522,7 +535,7 @@ class PositionalEmbedding(nn.Module):
                 if attn_mask is not None and attn_mask.dtype == torch.bool: ok = ok & am[bi, hi, qi, kj]
                 return ok
         block_mask = create_block_mask(mask_mod, b, h, n, m, device=q.device) if mask_mod is not None else None
-        return flex_attention(qt, kt, v, score_mod=score_mod, block_mask=block_mask, scale=self.logit_scale(e))
+        return flex_attention(qt, kt, v, score_mod=score_mod, block_mask=block_mask, scale=self.logit_scale(e), enable_gqa=k.shape[1] != h)
 
     def extra_repr(self)->str:
         parts = [f"num_heads={self.num_heads}"] if self.num_heads else []
@@ -534,6 +547,7 @@ class PositionalEmbedding(nn.Module):
     def examples(cls, d_model:int=64, num_heads:int=4)->dict:
         "Named instances that `pe check` and the property suite run (one per variant worth checking)."
         return {}
+
 
 # %% ../nbs/00_core.ipynb #1c7136bb
 class NoPositionalEmbedding(PositionalEmbedding):

@@ -126,8 +126,9 @@ class DistanceEmbedding(PositionalEmbedding):
         if mt == 'pairs' or pq.is_floating_point() or pk.is_floating_point(): return 'pairs', None
         if bias:  # a bias costs one value per distance: the fixed band when there is one, else per pair or distinct distances
             if c is not None: return 'window', None
-            return ('pairs' if self.pairwise or compiling or is_decode_step(n) else 'gather'), None
-        if mt == 'auto' and is_decode_step(n) and not compiling: return 'pairs', None   # a row or four, and no host sync
+            return ('pairs' if self.pairwise or compiling or is_decode_step(min(n, m)) else 'gather'), None
+        # a decode step (a row or four; or a column or four, when a scheme reads the keys as queries, as DeBERTa's p2c): no host sync
+        if mt == 'auto' and is_decode_step(min(n, m)) and not compiling: return 'pairs', None
         if c is not None and (mt == 'gather' or (mt == 'auto' and (compiling or 2 * c + 1 <= n + m - 1))): return 'window', None
         if compiling:
             if mt == 'shift':  # the layout condition as a tensor, asserted inside the graph: refused, never wrong

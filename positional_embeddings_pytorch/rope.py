@@ -168,6 +168,7 @@ def xpos_scale(offsets:Tensor, # integer `[..., n]`: position minus the centre (
 class RotaryPositionalEmbedding(PositionalEmbedding):
     "Rotary position embedding (RoPE): rotate feature pairs of `q` and `k` by angles proportional to their positions."
     name, family, absolute = 'rope', 'rotary', False
+    special_position_free = False   # the weaker rule (core chapter): a special token is unrotated, but it meets rotated keys
     paper = 'Su et al. 2021, RoFormer: Enhanced Transformer with Rotary Position Embedding (arXiv:2104.09864)'
 
     def __init__(self,

@@ -5,8 +5,8 @@
 # %% auto #0
 __all__ = ['TOL', 'PROPERTIES', 'LOW_PRECISION_ULPS', 'PropertyResult', 'SchemeReport', 'supported_backends', 'property_names',
            'check_shift_invariance', 'check_kv_cache', 'check_packing', 'check_left_padding', 'check_backends',
-           'check_special_tokens', 'check_state_dict', 'check_low_precision', 'check_compile', 'check_errors',
-           'check_inputs', 'check_scheme']
+           'check_special_tokens', 'check_special_position_free', 'check_state_dict', 'check_low_precision',
+           'check_compile', 'check_errors', 'check_inputs', 'check_scheme']
 
 # %% ../nbs/90_testing.ipynb #7bb2b992
 import copy, functools, math, warnings
@@ -358,6 +358,14 @@ def check_backends(pe:PositionalEmbedding, *, d_model:int=64, num_heads:Optional
             t.close(f"{be}/{label}", out, ref)
             if label == 'masked row':
                 t.check(f"{be}/masked row", bool((out[0, :, 1] == 0).all()), 'a fully masked row is not exactly zero')
+    if h > 1:   # grouped-query attention (h / 2 key/value heads, or 1): every backend against the reference on repeated heads
+        hk = h // 2 if h % 2 == 0 else 1
+        kg, vg = r(b, hk, n, e), r(b, hk, n, e)
+        for causal in (False, True):
+            kw = dict(positions_q=ar, positions_k=ar, causal=causal)
+            ref = s.attention(q, repeat_kv(kg, h), repeat_kv(vg, h), backend='reference', **kw)
+            for be in supported_backends(s):
+                t.close(f"{be}/gqa h_kv={hk}{'/causal' if causal else ''}", s.attention(q, kg, vg, backend=be, **kw), ref)
     return t
 
 # %% ../nbs/90_testing.ipynb #b6e5bdfb
@@ -385,6 +393,23 @@ def check_special_tokens(pe:PositionalEmbedding, *, d_model:int=64, num_heads:Op
         t.close('forward_input leaves [CLS] unchanged', y[:, 0], x[:, 0], tol=1e-12)
         t.close('forward_input/move', s.forward_input(x[:, idx], end), y[:, idx])
     return t
+
+# %% ../nbs/90_testing.ipynb #a724b928
+@_property('special_position_free', expected=lambda pe: pe.special_position_free)
+def check_special_position_free(pe:PositionalEmbedding, *, d_model:int=64, num_heads:Optional[int]=None, seed:int=0, device=None):
+    "A special token's row and column of logits are unchanged when every real position shifts (expected iff `special_position_free`)."
+    s, t, dev, r, h, e = _start(pe, seed, d_model, num_heads, device=device)
+    n = 6
+    q, k = r(2, h, n, e), r(2, h, n, e)
+    pos = add_special_tokens(torch.arange(n - 1, device=dev))          # [-1, 0, 1, 2, 3, 4]
+    for shift in (1, 7):
+        moved = torch.where(is_special(pos), pos, pos + shift)
+        if s.position_limit is not None and int(moved.max()) >= s.position_limit: continue
+        a, z = s.forward_attn(q, k, pos, pos), s.forward_attn(q, k, moved, moved)
+        t.close(f"[CLS] row/+{shift}", z[:, :, 0], a[:, :, 0])
+        t.close(f"[CLS] column/+{shift}", z[:, :, :, 0], a[:, :, :, 0])
+    return t
+
 
 # %% ../nbs/90_testing.ipynb #67e7055f
 @_property('state_dict')

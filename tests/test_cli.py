@@ -50,7 +50,7 @@ def test_check_nope(tmp_path):
     assert rc == 0, out
     assert 'checking nope' in err and 'checking' not in out
     row = next(l for l in out.splitlines() if l.startswith('| nope '))
-    assert row.count('✓') == 10 and 'skipped' in row
+    assert row.count('✓') == 11 and 'skipped' in row
     assert 'every result matches' in out
     assert md.read_text().strip() == out.strip()
 
