@@ -7,6 +7,7 @@ __version__ = "0.1.0"
 __all__ = []
 
 # %% ../nbs/99_package.ipynb #6c5afd26
+#| code-fold: true
 from .core import *
 from .attention import *
 from .sinusoidal import *
