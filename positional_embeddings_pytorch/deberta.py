@@ -39,13 +39,6 @@ def deberta_relative_index(delta:Tensor, # engine distances $\delta = j - i$, in
 
 # %% ../nbs/17_deberta.ipynb #6d9de3c5
 #| code-fold: true
-class _Swapped:
-    "The engine seen from the keys: `distance_logits(k, positions_k, positions_q)` reads the position-to-content keys."
-    _path, _plan = DistanceEmbedding._path, DistanceEmbedding._plan
-    distance_logits, pair_logits = DistanceEmbedding.distance_logits, DistanceEmbedding.pair_logits
-    def __init__(self, pe): self.pe, self.method, self.window = pe, pe.method, pe.window
-    def distance_keys(self, delta:Tensor)->Tensor: return self.pe.p2c_keys(delta)
-
 class DebertaPositionalEmbedding(DistanceEmbedding):
     "DeBERTa's disentangled attention: content-to-position and position-to-content logits from one relative table."
     name, family = 'deberta', 'relative logits'
@@ -152,7 +145,7 @@ class DebertaPositionalEmbedding(DistanceEmbedding):
         s = self.logit_scale(q.shape[-1])
         out = self.distance_logits(q * s, positions_q, positions_k) if 'c2p' in self.pos_att_type else None
         if 'p2c' in self.pos_att_type:
-            p2c = _Swapped(self).distance_logits(k * s, positions_k, positions_q).transpose(-1, -2)
+            p2c = self.distance_logits(k * s, positions_k, positions_q, keys=self.p2c_keys).transpose(-1, -2)
             out = p2c if out is None else out + p2c
         return out
 

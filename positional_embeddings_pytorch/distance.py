@@ -98,24 +98,26 @@ class DistanceEmbedding(PositionalEmbedding):
                         qr:Tensor, # `[b, h, n, e]`: `distance_query(q)`
                         positions_q:Tensor, # `[1|b, n]`
                         positions_k:Tensor, # `[1|b, m]`
+                        keys=None, # the key function `δ [U] -> [h, U, e]`; default `distance_keys` (DeBERTa's p2c passes another)
                        )->Tensor: # `[b, h, n, m]`
         "`qr_i · r_{j-i}` for every pair: by the relative shift (contiguous positions), a gather over distinct distances, or per pair."
         b, h, n, e = qr.shape
         m = positions_k.shape[-1]
+        keys = self.distance_keys if keys is None else keys
         path, delta = self._path(positions_q, positions_k)
-        if path == 'pairs': return self.pair_logits(qr, positions_q, positions_k)
+        if path == 'pairs': return self.pair_logits(qr, positions_q, positions_k, keys)
         if path == 'shift':   # the band of the n + m - 1 distances, smallest first, then pad and reshape
             band_delta = torch.arange(n + m - 1, device=qr.device) - (n - 1) - delta
-            return relative_shift(torch.einsum('bhne,hle->bhnl', qr, self.distance_keys(band_delta).to(qr.dtype)))
+            return relative_shift(torch.einsum('bhne,hle->bhnl', qr, keys(band_delta).to(qr.dtype)))
         values, idx = self._plan(positions_k[:, None, :] - positions_q[:, :, None], path)
-        band = torch.einsum('bhne,hue->bhnu', qr, self.distance_keys(values).to(qr.dtype))    # [b, h, n, U]
+        band = torch.einsum('bhne,hue->bhnu', qr, keys(values).to(qr.dtype))                  # [b, h, n, U]
         return band.gather(-1, idx[:, None].expand(b, h, n, m))
 
-    def pair_logits(self, qr:Tensor, positions_q:Tensor, positions_k:Tensor)->Tensor: # -> `[b, h, n, m]`
+    def pair_logits(self, qr:Tensor, positions_q:Tensor, positions_k:Tensor, keys=None)->Tensor: # -> `[b, h, n, m]`
         "`qr_i · r_{j-i}` from a key vector for every pair: static shapes, no host sync (decode steps, `torch.compile`)."
         b, h, n, e = qr.shape
         dist = positions_k[:, None, :] - positions_q[:, :, None]                               # [1|b, n, m]
-        r = self.distance_keys(dist.reshape(-1)).to(qr.dtype).view(h, *dist.shape, e)         # [h, 1|b, n, m, e]
+        r = (self.distance_keys if keys is None else keys)(dist.reshape(-1)).to(qr.dtype).view(h, *dist.shape, e)         # [h, 1|b, n, m, e]
         return torch.einsum('bhne,hbnme->bhnm', qr, r.expand(h, b, *dist.shape[1:], e))
 
     # ---- the choice of path, made in one place ----

@@ -158,8 +158,9 @@ class EnformerPositionalEmbedding(DistanceEmbedding):
         self._check_q(q)
         return q * self.logit_scale(q.shape[-1]) + self.rel_pos_bias.to(q.dtype)
 
-    def pair_logits(self, qr, positions_q, positions_k):
+    def pair_logits(self, qr, positions_q, positions_k, keys=None):
         "Per pair (decode steps, `torch.compile`): the query in feature space times every pair's features, cheaper than a key per pair."
+        if keys is not None: return super().pair_logits(qr, positions_q, positions_k, keys)   # another key function: the engine's
         return self._pairwise(qr, positions_k[:, None, :] - positions_q[:, :, None])
 
     def _pairwise(self, qv:Tensor, dist:Tensor)->Tensor:

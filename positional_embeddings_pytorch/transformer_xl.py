@@ -81,15 +81,15 @@ class TransformerXLPositionalEmbedding(DistanceEmbedding):
         self._check_q(q)
         return q + self.u.to(q.dtype)[:, None], k
 
-    def distance_logits(self, qr, positions_q, positions_k):
-        "The engine's paths, plus `method='angle'` (the angle identity for any positions)."
-        if self.method == 'angle': return self._angle_logits(qr, positions_q, positions_k)
-        return super().distance_logits(qr, positions_q, positions_k)
+    def distance_logits(self, qr, positions_q, positions_k, keys=None):
+        "The engine's paths, plus `method='angle'` (the angle identity for any positions, of this module's own keys)."
+        if self.method == 'angle' and keys is None: return self._angle_logits(qr, positions_q, positions_k)
+        return super().distance_logits(qr, positions_q, positions_k, keys)
 
-    def pair_logits(self, qr, positions_q, positions_k):
+    def pair_logits(self, qr, positions_q, positions_k, keys=None):
         "Per pair: the angle identity under `torch.compile` without a clamp (static shapes, no per-pair vectors), else the engine's."
-        if torch.compiler.is_compiling() and self.clamp_len is None: return self._angle_logits(qr, positions_q, positions_k)
-        return super().pair_logits(qr, positions_q, positions_k)
+        if torch.compiler.is_compiling() and self.clamp_len is None and keys is None: return self._angle_logits(qr, positions_q, positions_k)
+        return super().pair_logits(qr, positions_q, positions_k, keys)
 
     def position_logits(self,
                         qv:Tensor, # `[b, h, n, e]`: queries plus `v`
