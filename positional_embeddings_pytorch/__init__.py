@@ -26,12 +26,16 @@ from .kerple import *
 from .sandwich import *
 from .fire import *
 from .deberta import *
+from .shaw import *
 from .randomized import *
+from .fox import *
+from .hf import *
 from .testing import check_scheme, SchemeReport, PropertyResult
 from . import (core as _core, attention as _attention, sinusoidal as _sinusoidal, learned as _learned,
     distance as _distance, transformer_xl as _transformer_xl, t5 as _t5, tupe as _tupe, enformer as _enformer, alibi as _alibi,
-    rope_scaling as _rope_scaling, rope as _rope, mrope as _mrope, cope as _cope, kerple as _kerple, sandwich as _sandwich, fire as _fire, deberta as _deberta, randomized as _randomized)
+    rope_scaling as _rope_scaling, rope as _rope, mrope as _mrope, cope as _cope, kerple as _kerple, sandwich as _sandwich, fire as _fire, deberta as _deberta,
+    shaw as _shaw, randomized as _randomized, fox as _fox, hf as _hf)
 
 # what `from positional_embeddings_pytorch import *` gives: every module's public names, and the suite's entry points
 __all__ = [name for mod in (_core, _attention, _sinusoidal, _learned, _distance, _transformer_xl, _t5, _tupe, _enformer, _alibi,
-                            _rope_scaling, _rope, _mrope, _cope, _kerple, _sandwich, _fire, _deberta, _randomized) for name in mod.__all__] + ['check_scheme', 'SchemeReport', 'PropertyResult']
+                            _rope_scaling, _rope, _mrope, _cope, _kerple, _sandwich, _fire, _deberta, _shaw, _randomized, _fox, _hf) for name in mod.__all__] + ['check_scheme', 'SchemeReport', 'PropertyResult']

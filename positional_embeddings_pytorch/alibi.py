@@ -59,7 +59,8 @@ class AlibiPositionalEmbedding(DistanceEmbedding):
                 ):
         super().__init__(num_heads=num_heads, scale=scale, special_reset=special_reset)
         self.bidirectional = bidirectional
-        self.register_buffer('slopes', alibi_slopes(num_heads), persistent=False)
+        # fixed, not in the state_dict, and exactly float32 under any cast (the core's `register_precise`)
+        self.register_precise('slopes', alibi_slopes(num_heads), torch.float32, exact=True)
 
     def distance_bias(self, delta:Tensor, head:Optional[Tensor]=None)->Tensor: # `[...]` -> `[h, ...]`, or `[...]` with `head`
         "`s_h (j - i)`, i.e. `-s_h (i - j)`, or `-s_h |j - i|` if bidirectional: the engine does the rest."
@@ -67,12 +68,6 @@ class AlibiPositionalEmbedding(DistanceEmbedding):
             raise TypeError(f"the distances have dtype {delta.dtype}: half-precision positions are not exact past 256; use integers or float32")
         if self.bidirectional: delta = -delta.abs()
         return (self.slopes.view(-1, *(1,) * delta.ndim) if head is None else self.slopes[head]) * delta
-
-    def _apply(self, fn, recurse=True):
-        # `.to(dtype)`, `.half()` etc. cast every float buffer: recompute the fixed slopes in float32
-        super()._apply(fn, recurse)
-        self.slopes = alibi_slopes(self.num_heads, device=self.slopes.device)
-        return self
 
     def extra_repr(self)->str:
         return super().extra_repr() + (', bidirectional=True' if self.bidirectional else '')

@@ -157,6 +157,12 @@ def scheme_classes()->list:
     from positional_embeddings_pytorch.cli import scheme_classes as catalogue
     return [c for c in catalogue() if c.__module__.startswith('positional_embeddings_pytorch')]
 
+def _scheme_data(pe, q:Tensor, k:Tensor, pos:Tensor)->dict:
+    "A data-dependent scheme's `data_q=`, `data_k=` from hidden states (the keys, heads merged), as a model computes them each call; `{}` for the others."
+    if not getattr(pe, 'needs_data', False): return {}
+    from .testing import _self_data
+    return dict(zip(('data_q', 'data_k'), _self_data(pe, q, k, pos, pos)))
+
 def _peer_bias(peer:str, L:int, h:int)->Tensor:
     if peer == 'x-transformers alibi':
         from x_transformers.x_transformers import AlibiPositionalBias
@@ -190,17 +196,17 @@ def memory_cell(scheme:str, path:str, L:int, h:int=1, e:int=64,
     else:
         pe = _scheme_instance(scheme, h, e, L).to(dev)
         if path == 'naive':
-            def fn(): return reference_attention(pe.forward_attn(q, k, pos, pos), v, causal_mask(pos[None], pos[None]))
+            def fn(): return reference_attention(pe.forward_attn(q, k, pos, pos, **_scheme_data(pe, q, k, pos)), v, causal_mask(pos[None], pos[None]))
         elif path == 'sdpa':
-            def fn(): return pe.attention(q, k, v, pos, pos, causal=True, backend='sdpa')
+            def fn(): return pe.attention(q, k, v, pos, pos, causal=True, backend='sdpa', **_scheme_data(pe, q, k, pos))
         elif path == 'flex':
             if not pe.flex_ready: raise ValueError(f"{scheme} has no position-only bias: no flex path")
-            comp = torch.compile(lambda q, k, v: pe.attention(q, k, v, pos, pos, causal=True, backend='flex'))
+            comp = torch.compile(lambda q, k, v: pe.attention(q, k, v, pos, pos, causal=True, backend='flex', **_scheme_data(pe, q, k, pos)))
             def fn(): return comp(q, k, v)
         elif path == 'train':
             qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
             def fn():
-                out = pe.attention(qg, kg, vg, pos, pos, causal=True, backend='sdpa')
+                out = pe.attention(qg, kg, vg, pos, pos, causal=True, backend='sdpa', **_scheme_data(pe, qg, kg, pos))
                 out.sum().backward()
                 return None
         else: raise ValueError(f"unknown path {path!r}")
@@ -274,7 +280,7 @@ def bench_train_time(schemes:list, L:int=1024, h:int=4, e:int=64, rounds:int=9, 
     for name in schemes:
         try: pe = _scheme_instance(name, h, e, L).to(dev)
         except Exception as ex: cells[name] = _raises(ex); continue
-        cells[name] = (lambda pe=pe: pe.attention(q, k, v, pos, pos, causal=True).sum().backward())
+        cells[name] = (lambda pe=pe: pe.attention(q, k, v, pos, pos, causal=True, **_scheme_data(pe, q, k, pos)).sum().backward())
     for name, fn in cells.items():
         try:   # a cell that cannot run these shapes is left out, and the output says why
             fn()
@@ -304,7 +310,8 @@ def bench_bias_build(L:int=2048, h:int=8, e:int=64, rounds:int=9, progress=None,
             if not cls.examples(d_model=h * e, num_heads=h): continue
             pe = _scheme_instance(cls.name, h, e, L).to(dev)
             if pe.has_bias:
-                fns[f'{cls.name}: bias'] = (lambda pe=pe: pe.bias(pos, pos))
+                kw = _scheme_data(pe, q, k, pos)   # a data-dependent bias (FoX) from its data, computed once outside the timing
+                fns[f'{cls.name}: bias'] = (lambda pe=pe, kw=kw: pe.bias(pos, pos, **kw))
             elif pe.has_qk_bias:
                 fns[f'{cls.name}: positional logits'] = (lambda pe=pe: pe._positional_logits(q, k, pos[None], pos[None]))
         try:
@@ -356,9 +363,13 @@ def memory_plan(quick:bool, tiny:bool, device='cpu', dtypes:tuple=('float32',)):
     cuda = torch.device(device).type == 'cuda'
     Ls = [256] if tiny else (([4096] if quick else [4096, 8192, 16384]) if cuda else
                              ([1024, 2048] if quick else [1024, 2048, 4096, 8192, 16384]))
-    names = [c.name for c in scheme_classes()]
-    # sinusoidal and learned act on the input: their attention is NoPE's, so `nope` stands for them
-    want = [s for s in ('nope', 'rope', 'alibi', 't5', 'transformer_xl', 'enformer', 'tupe') if s in names]
+    # the whole catalogue, from each scheme's first example; a scheme that acts on the input only (sinusoidal, learned)
+    # attends as NoPE does, so `nope` stands for it
+    def attends(s):
+        pe = _scheme_instance(s, 1, 64)
+        return s == 'nope' or pe.has_bias or pe.has_qk_bias or pe.has_transform
+    want = [c.name for c in scheme_classes() if c.examples(d_model=64, num_heads=1) and attends(c.name)]
+    want.sort(key=lambda s: s != 'nope')   # NoPE first: the floor every other row is read against
     if tiny: want = want[:2]
     cells = []
     for dt in dtypes:

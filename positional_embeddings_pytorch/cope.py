@@ -72,11 +72,24 @@ class CoPEPositionalEmbedding(PositionalEmbedding):
         self.head_dim, self.max_pos = check_positive_int(head_dim, 'head_dim'), check_positive_int(max_pos, 'max_pos')
         self.pos_emb = nn.Parameter(torch.zeros(max_pos, head_dim))   # row p is e[p]; zeros, as in the paper
 
-    def qk_bias(self, q:Tensor, k:Tensor, positions_q:Tensor, positions_k:Tensor)->Tensor:
-        "`q_i . e[p_ij]` `[b, h, n, m]` (float32 or float64), with the special-token rule applied."
+    def token_data(self, x:Tensor, positions:Tensor, past:Optional[tuple]=None)->Tensor:
+        "The document index `[1|b, 1, n]` of every token: a new one wherever the positions restart (`segment_starts`), continuing `past`."
+        last = base = None
+        if past is not None and past[0].shape[-1] > 0: last, base = past[0][:, -1:], past[1][:, 0, -1:]
+        ids = segment_starts(positions, last).to(torch.float32).cumsum(-1)   # float32 counts documents exactly up to 2**24
+        return (ids if base is None else ids + base)[:, None]
+
+    def qk_bias(self, q:Tensor, k:Tensor, positions_q:Tensor, positions_k:Tensor,
+                data_q:Optional[Tensor]=None, data_k:Optional[Tensor]=None, # document indices `[1|b, 1, n]`, `[1|b, 1, m]` (`token_data`)
+               )->Tensor:
+        "`q_i . e[p_ij]` `[b, h, n, m]` (float32 or float64), with the special-token rule applied; only the query's document is counted."
         if q.shape[-1] != self.head_dim:
             raise ValueError(f"`q` has head width {q.shape[-1]}, but the CoPE table was built with head_dim={self.head_dim}")
-        gates = cope_gates(q, k, positions_q, positions_k, self.logit_scale(q.shape[-1]))
+        visible = None
+        if data_q is not None and data_k is not None:   # a special token belongs to every document
+            visible = ((data_q[..., :, None] == data_k[..., None, :]) | is_special(positions_q)[:, None, :, None]
+                       | is_special(positions_k)[:, None, None, :])
+        gates = cope_gates(q, k, positions_q, positions_k, self.logit_scale(q.shape[-1]), visible)
         pos = contextual_positions(gates, positions_k, self.max_pos)
         ct = gates.dtype
         term = interpolate_logits(q.to(ct) @ self.pos_emb.to(ct).T, pos)

@@ -6,7 +6,8 @@
 __all__ = ['DECODE_QUERIES', 'check_positions', 'check_position_range', 'check_positive_int', 'is_special', 'add_special_tokens',
            'is_decode_step', 'special_rule', 'reset_special', 'check_qkv', 'repeat_kv', 'causal_rule', 'causal_mask',
            'check_attn_mask', 'attention_mask', 'resolve_device', 'masked_softmax', 'reference_attention',
-           'PositionalEmbedding', 'NoPositionalEmbedding']
+           'flash_bias_attention', 'precise_dtype', 'PositionalEmbedding', 'check_data', 'segment_starts',
+           'segmented_cumsum', 'NoPositionalEmbedding']
 
 # %% ../nbs/00_core.ipynb #461b04f5
 import math, torch
@@ -273,6 +274,126 @@ def _overrides(obj, name:str)->bool:
     "Whether `type(obj)` overrides `PositionalEmbedding.<name>`."
     return getattr(type(obj), name) is not getattr(PositionalEmbedding, name)
 
+# %% ../nbs/00_core.ipynb #2e9c2b5e
+#| code-fold: true
+def _sum_to(t:Tensor, shape:tuple)->Tensor:
+    "Sum `t` over the dims where `shape` has 1 and `t` does not (the gradient of a broadcast)."
+    dims = [i for i, (a, s) in enumerate(zip(shape, t.shape)) if a == 1 and s != 1]
+    return t.sum(dims, keepdim=True) if dims else t
+
+def _bias_grad(go, q, k, v, bias, out, lse, scale:float, causal:bool, block:Optional[int]=None)->Tensor:
+    "`∂loss/∂bias = P ⊙ (dP − rowsum(dO ⊙ O))`, recomputed for one block of query rows at a time; tiles the causal rule hides are zeros, not computed."
+    b, h, n, e = q.shape
+    m = k.shape[2]
+    ct = torch.promote_types(q.dtype, torch.float32)   # bf16/fp16 inputs: the block's arithmetic in float32
+    q, k, v, go, out = (t.to(ct) for t in (q, k, v, go, out))
+    D = (go * out).sum(-1, keepdim=True).view(b * h, n, 1)                   # rowsum(dO ⊙ O)
+    lse = lse.to(ct).unsqueeze(-1)                                           # CPU flash gives 0 for a row that sees no key: its p is exp(-inf) = 0
+    kt, vt = k.reshape(b * h, m, e).transpose(1, 2), v.reshape(b * h, m, e).transpose(1, 2)
+    block = min(n, max(64, block or (1 << 23) // max(1, b * h * m)))     # rows per block: about 8M scores (32 MiB) at a time
+    if causal and block >= n > 128: block = (n + 1) // 2                  # two blocks at least, so the causal rule skips a quarter
+    grad = bias.new_empty(bias.shape[:2] + (n, m), dtype=ct)
+    direct = tuple(bias.shape[:2]) == (b, h)                                 # the block is written straight into the gradient
+    hide = torch.ones(block, block, dtype=torch.bool, device=q.device).triu_(1) if causal else None
+    for r0 in range(0, n, block):
+        r1 = min(n, r0 + block); r = r1 - r0
+        c1 = r1 if causal else m                                             # causal (n == m): keys past the block's last row are hidden
+        if c1 < m: grad[..., r0:r1, c1:] = 0
+        bl = bias[..., r0:r1, :c1].expand(b, h, r, c1)
+        s = torch.sub(bl, lse[:, :, r0:r1], out=grad[..., r0:r1, :c1] if direct else q.new_empty(b, h, r, c1))   # bias − lse
+        s3 = s.view(b * h, r, c1)
+        s3.baddbmm_(q[:, :, r0:r1].reshape(b * h, r, e), kt[..., :c1], alpha=scale)   # S − lse
+        if causal: s3[:, :, r0:r1].masked_fill_(hide[:r, :r], float('-inf'))
+        p = s3.exp_()
+        p.mul_(torch.baddbmm(D[:, r0:r1], go[:, :, r0:r1].reshape(b * h, r, e), vt[..., :c1], beta=-1))   # P ⊙ (dP − D)
+        if not direct: grad[..., r0:r1, :c1] = _sum_to(s, grad.shape[:2] + (r, c1))
+    return grad.to(bias.dtype)
+
+class _FlashBias(torch.autograd.Function):
+    "CPU flash attention with an additive bias that may need a gradient (`F.scaled_dot_product_attention` takes its math kernel then)."
+    @staticmethod
+    def forward(ctx, q, k, v, bias, scale, causal):
+        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, attn_mask=bias, scale=scale)
+        ctx.save_for_backward(q, k, v, bias, out, lse)
+        ctx.scale, ctx.causal = scale, causal
+        return out
+
+    @staticmethod
+    def backward(ctx, go):
+        q, k, v, bias, out, lse = ctx.saved_tensors
+        go = go.contiguous()
+        dq = dk = dv = db = None
+        if any(ctx.needs_input_grad[:3]):   # q, k, v: the flash kernel's own backward, which skips the hidden tiles too
+            dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+                go, q, k, v, out, lse, 0.0, ctx.causal, attn_mask=bias, scale=ctx.scale)
+        if ctx.needs_input_grad[3]: db = _bias_grad(go, q, k, v, bias, out, lse, ctx.scale, ctx.causal)
+        return dq, dk, dv, db, None, None
+
+def flash_bias_attention(q:Tensor, # `[b, h, n, e]`
+                         k:Tensor, # `[b, h, m, e]` (one key head per query head)
+                         v:Tensor, # `[b, h, m, e_v]`
+                         bias:Tensor, # additive float bias, `[1|b, 1|h, n, m]`, in `q`'s dtype; `-inf` hides a pair
+                         scale:float, # logit scale
+                         causal:bool=False, # also hide key `j > i` (top-left: only for `n == m`), skipping those tiles
+                        )->Optional[Tensor]: # `[b, h, n, e_v]`, or `None` where the CPU flash kernel cannot run these inputs
+    "`softmax(scale q kᵀ + bias) v` on the CPU flash kernel, with the bias's gradient; `None` where that kernel does not apply."
+    if q.device.type != 'cpu' or torch.compiler.is_compiling() or _transforms_active() or (causal and q.shape[2] != k.shape[2]): return None
+    from torch.nn.attention import SDPBackend
+    if torch._fused_sdp_choice(q, k, v, bias.detach(), 0.0, causal, scale=scale) != SDPBackend.FLASH_ATTENTION.value: return None
+    return _FlashBias.apply(q, k, v, bias, scale, causal)
+
+
+# %% ../nbs/00_core.ipynb #d9d15893
+#| code-fold: true
+def precise_dtype(floor:torch.dtype, # the least precision the tensor keeps: float32 or float64
+                  target:torch.dtype, # the floating dtype a cast asks for (`.to(torch.bfloat16)`, `.half()`, `.double()`)
+                  exact:bool=False, # keep exactly `floor`, whatever the cast asks for
+                 )->torch.dtype:
+    "The dtype a precise tensor takes under a cast to `target`: `floor` if `exact`, else the wider of the two."
+    return floor if exact else torch.promote_types(target, floor)
+
+def _check_floor(dtype, name):
+    if dtype not in (torch.float32, torch.float64):
+        raise TypeError(f"`{name}` must keep torch.float32 or torch.float64, got {dtype}: a narrower dtype protects nothing")
+
+def _precise_specs(m:nn.Module)->dict:
+    "Name -> (dtype, exact, recompute) of the precise tensors of `m`: its class's `keep_precision` and its `register_precise` calls."
+    specs = {nm: (dt, False, None) for nm, dt in getattr(type(m), 'keep_precision', {}).items()}
+    specs.update(m.__dict__.get('_precise', {}))
+    return specs
+
+def _precise_apply(m:nn.Module, fn, recurse:bool, apply):
+    "Run `apply(fn')` (torch's `Module._apply`), where `fn'` is `fn` except on `m`'s precise tensors and their grads."
+    held = {}   # id -> (the tensor, its spec): the very tensors `Module._apply` will hand to `fn`
+    for nm, spec in _precise_specs(m).items():
+        t = m._parameters.get(nm) if nm in m._parameters else m._buffers.get(nm)
+        if t is None: continue
+        held[id(t)] = (t, spec)
+        if t.grad is not None: held[id(t.grad)] = (t.grad, (*spec[:2], None))
+    if not held: return apply(fn, recurse)
+    def keep(t):
+        out = fn(t)
+        hit = held.get(id(t))
+        if hit is None or hit[0] is not t or not (isinstance(out, Tensor) and out.is_floating_point() and t.is_floating_point()):
+            return out
+        floor, exact, recompute = hit[1]
+        dt = precise_dtype(floor, out.dtype, exact)
+        if recompute is not None and dt != t.dtype: return recompute(device=out.device, dtype=dt)   # a fixed table, from its formula
+        if out.dtype == dt: return out                                         # the cast keeps enough precision (or only moves it)
+        return t.to(device=out.device, dtype=dt, copy=True)   # from the value before the cast: moved, never rounded below `floor`
+    return apply(keep, recurse)
+
+def _precise_after_load(m:nn.Module):
+    "After `load_state_dict(..., assign=True)`: a precise tensor assigned in a narrower dtype is widened back."
+    for nm, (floor, exact, _) in _precise_specs(m).items():
+        t = m._parameters.get(nm) if nm in m._parameters else m._buffers.get(nm)
+        if t is None or not t.is_floating_point(): continue
+        dt = precise_dtype(floor, t.dtype, exact)
+        if t.dtype == dt: continue
+        if isinstance(t, nn.Parameter): t.data = t.data.to(dt)
+        else: m._buffers[nm] = t.to(dt)
+
+
 # %% ../nbs/00_core.ipynb #09704107
 #| code-fold: true
 class PositionalEmbedding(nn.Module):
@@ -314,13 +435,16 @@ class PositionalEmbedding(nn.Module):
     def pair_bias(self, h:Tensor, i:Tensor, j:Tensor)->Optional[Tensor]:
         "Positional bias of head `h` between query position `i` and key position `j` (elementwise)."
         return None
-    def dense_bias(self, positions_q:Tensor, positions_k:Tensor)->Optional[Tensor]:
+    def dense_bias(self, positions_q:Tensor, positions_k:Tensor, **data)->Optional[Tensor]:
         "Positional bias `[1|b, h, n, m]`; by default `pair_bias` broadcast over all pairs."
         if not self.has_bias: return None
         h = torch.arange(self.num_heads, device=positions_q.device)[None, :, None, None]
-        return self.pair_bias(h, positions_q[:, None, :, None], positions_k[:, None, None, :])
+        return self.pair_bias(h, positions_q[:, None, :, None], positions_k[:, None, None, :], **_pair_data(data))
     def qk_bias(self, q:Tensor, k:Tensor, positions_q:Tensor, positions_k:Tensor)->Optional[Tensor]:
         "Content-dependent positional logits `[b, h, n, m]` (already scaled), or `None`."
+        return None
+    def token_data(self, x:Tensor, positions:Tensor, past:Optional[tuple]=None)->Optional[Tensor]:
+        "Data-dependent schemes only: per-token data `[b, 1|h, n]` from hidden states `x` `[b, n, d]`; `past` is the cache's `(positions, data)`."
         return None
 
     # ---- what the hooks give ----
@@ -332,6 +456,10 @@ class PositionalEmbedding(nn.Module):
     def has_transform(self)->bool: return _overrides(self, 'transform_qk')
     @property
     def has_input(self)->bool: return _overrides(self, 'embed_positions')
+    @property
+    def needs_data(self)->bool:
+        "Does the scheme read per-token data (`token_data`), which its hooks then receive as `data_q=`, `data_k=`?"
+        return _overrides(self, 'token_data')
     @property
     def flex_ready(self)->bool:
         "Can the positional term be written as a FlexAttention `score_mod`?"
@@ -383,6 +511,7 @@ class PositionalEmbedding(nn.Module):
              positions_q:Optional[Tensor]=None, # `[n]` or `[1|b, n]`
              positions_k:Optional[Tensor]=None, # `[m]` or `[1|b, m]`
              n:Optional[int]=None, m:Optional[int]=None, # lengths, when positions are `None`
+             data_q:Optional[Tensor]=None, data_k:Optional[Tensor]=None, # data-dependent schemes: `[1|b, 1|h, n]`, `[1|b, 1|h, m]`
             )->Tensor: # `[1|b, h, n, m]`
         "The position-only bias in logit units, special tokens reset."
         if not self.has_bias: raise TypeError(f"{type(self).__name__} has no position-only bias")
@@ -395,44 +524,59 @@ class PositionalEmbedding(nn.Module):
         pk = self._positions(positions_k, positions_k.shape[-1] if isinstance(positions_k, Tensor) else m, None, 'positions_k', dev)
         if pq.shape[0] != pk.shape[0] and 1 not in (pq.shape[0], pk.shape[0]):
             raise ValueError(f"`positions_q` has batch size {pq.shape[0]} and `positions_k` has {pk.shape[0]}: they must be equal or 1")
-        return self._bias(pq, pk)
+        b = max(pq.shape[0], pk.shape[0], *(t.shape[0] for t in (data_q, data_k) if isinstance(t, Tensor) and t.ndim == 3))
+        dq, dk = self._data(data_q, data_k, b, self.num_heads, pq.shape[-1], pk.shape[-1], dev)
+        return self._bias(pq, pk, dq, dk)
 
-    def _bias(self, pq, pk):
-        out = self.dense_bias(self._plain(pq), self._plain(pk))
+    def _bias(self, pq, pk, dq=None, dk=None):
+        out = self.dense_bias(self._plain(pq), self._plain(pk), **self._data_kw(dq, dk))
         return out if self.handles_special else reset_special(out, pq, pk, self.special_reset, inplace=True)
 
-    def _positional_logits(self, q, k, pq, pk)->Optional[Tensor]:
+    def _data_kw(self, dq, dk)->dict:
+        "The hooks' data keywords: `data_q=`, `data_k=` for a data-dependent scheme, nothing for the others."
+        return {'data_q': dq, 'data_k': dk} if self.needs_data else {}
+
+    def _data(self, data_q, data_k, b, h, n, m, device)->tuple:
+        "Validate the data that travels with the positions (`None` stays `None`)."
+        if not self.needs_data and (data_q is not None or data_k is not None):
+            raise ValueError(f"{type(self).__name__} reads no per-token data (it defines no `token_data`): `data_q`/`data_k` must be None")
+        return (check_data(data_q, b, h, n, 'data_q', device) if data_q is not None else None,
+                check_data(data_k, b, h, m, 'data_k', device) if data_k is not None else None)
+
+    def _positional_logits(self, q, k, pq, pk, dq=None, dk=None)->Optional[Tensor]:
         "Sum of the position-only bias and the content-dependent positional logits (a fresh tensor)."
-        out = self._bias(pq, pk) if self.has_bias else None
+        out = self._bias(pq, pk, dq, dk) if self.has_bias else None
         if self.has_qk_bias:
-            t = self.qk_bias(q, k, self._plain(pq), self._plain(pk))
+            t = self.qk_bias(q, k, self._plain(pq), self._plain(pk), **self._data_kw(dq, dk))
             if not self.handles_special: t = reset_special(t, pq, pk, self.special_reset, inplace=True)
             out = t if out is None else out + t
         return out
 
-    def _prepare(self, q, k, v, positions_q, positions_k):
+    def _prepare(self, q, k, v, positions_q, positions_k, data_q=None, data_k=None):
         check_qkv(q, k, v)
         b, h, n, e = q.shape
         if self.num_heads is not None and (self.has_bias or self.special_reset is not None) and h != self.num_heads:
             raise ValueError(f"`q` has {h} heads but the scheme was built with num_heads={self.num_heads}")
         pq = self._positions(positions_q, n, b, 'positions_q', q.device)
         pk = self._positions(positions_k, k.shape[2], b, 'positions_k', q.device)
-        return pq, pk
+        return pq, pk, *self._data(data_q, data_k, b, h, n, k.shape[2], q.device)
 
     def forward_attn(self,
                      q:Tensor, # `[b, h, n, e]`
                      k:Tensor, # `[b, h, m, e]`
                      positions_q:Optional[Tensor]=None, # `[n]` or `[b, n]`
                      positions_k:Optional[Tensor]=None, # `[m]` or `[b, m]`
+                     data_q:Optional[Tensor]=None, # data-dependent schemes: the queries' data `[1|b, 1|h, n]` (`token_data`)
+                     data_k:Optional[Tensor]=None, # ... and the keys' `[1|b, 1|h, m]`
                     )->Tensor: # `[b, h, n, m]` logits, scaled, unmasked
         "Pre-softmax attention logits: content and positional terms, with the scheme's scaling."
-        pq, pk = self._prepare(q, k, None, positions_q, positions_k)
+        pq, pk, dq, dk = self._prepare(q, k, None, positions_q, positions_k, data_q, data_k)
         h = q.shape[1]
         if q.shape[2] == 0 or k.shape[2] == 0:   # no pair: the empty logits, without calling the hooks on empty positions
             return (q @ repeat_kv(k, h).transpose(-1, -2)) * self.logit_scale(q.shape[-1])
         qt, kt = self.transform_qk(q, k, self._plain(pq), self._plain(pk))
         logits = (qt @ repeat_kv(kt, h).transpose(-1, -2)) * self.logit_scale(q.shape[-1])
-        pos = self._positional_logits(q, repeat_kv(k, h), pq, pk)   # the hooks see one key head per query head
+        pos = self._positional_logits(q, repeat_kv(k, h), pq, pk, dq, dk)   # the hooks see one key head per query head
         return logits if pos is None else logits + pos.to(logits.dtype)
 
     def attention(self,
@@ -445,11 +589,13 @@ class PositionalEmbedding(nn.Module):
                   causal:bool=False, # key `j` visible to query `i` iff `positions_k[j] <= positions_q[i]`
                   attn_mask:Optional[Tensor]=None, # bool (True = may attend) or additive float
                   backend:str='auto', # 'auto', 'reference', 'sdpa' or 'flex'
+                  data_q:Optional[Tensor]=None, # data-dependent schemes: the queries' data `[1|b, 1|h, n]` (`token_data`)
+                  data_k:Optional[Tensor]=None, # ... and the keys' `[1|b, 1|h, m]`
                  )->Tensor: # `[b, h, n, e_v]`
         "`softmax(forward_attn + mask) @ v` by the fastest correct path; rows with no visible key give zeros."
         if backend not in ('auto', 'reference', 'sdpa', 'flex'):
             raise ValueError(f"`backend` must be 'auto', 'reference', 'sdpa' or 'flex', got {backend!r}")
-        pq, pk = self._prepare(q, k, v, positions_q, positions_k)
+        pq, pk, dq, dk = self._prepare(q, k, v, positions_q, positions_k, data_q, data_k)
         b, h, n, e = q.shape
         m = k.shape[2]
         shape = (b, h, n, m)
@@ -463,9 +609,9 @@ class PositionalEmbedding(nn.Module):
         if backend == 'auto': backend = self._auto_backend(q)
         if backend == 'reference':
             mask = attention_mask(pq, pk, shape, causal, attn_mask)
-            return reference_attention(self.forward_attn(q, k, pq, pk), repeat_kv(v, h), mask)
-        if backend == 'flex': return self._flex_attention(q, k, v, pq, pk, causal, attn_mask)
-        return self._sdpa_attention(q, k, v, pq, pk, causal, attn_mask, default_positions=positions_q is None and positions_k is None)
+            return reference_attention(self.forward_attn(q, k, pq, pk, dq, dk), repeat_kv(v, h), mask)
+        if backend == 'flex': return self._flex_attention(q, k, v, pq, pk, causal, attn_mask, dq, dk)
+        return self._sdpa_attention(q, k, v, pq, pk, causal, attn_mask, default_positions=positions_q is None and positions_k is None, dq=dq, dk=dk)
 
     def _auto_backend(self, q)->str:
         if not self.flex_ready or _flex() is None: return 'sdpa'
@@ -473,17 +619,20 @@ class PositionalEmbedding(nn.Module):
         trainable = torch.is_grad_enabled() and q.requires_grad
         return 'flex' if compiling and (q.device.type == 'cuda' or not trainable) else 'sdpa'
 
-    def _sdpa_attention(self, q, k, v, pq, pk, causal, attn_mask, default_positions=False):
+    def _sdpa_attention(self, q, k, v, pq, pk, causal, attn_mask, default_positions=False, dq=None, dk=None):
         e, n, m = q.shape[-1], q.shape[2], k.shape[2]
         gqa = {'enable_gqa': True} if k.shape[1] != q.shape[1] else {}   # SDPA reads each key/value head for its group
         qt, kt = self.transform_qk(q, k, self._plain(pq), self._plain(pk))
-        pos = self._positional_logits(q, repeat_kv(k, q.shape[1]), pq, pk)
+        pos = self._positional_logits(q, repeat_kv(k, q.shape[1]), pq, pk, dq, dk)
         scale = self.logit_scale(e)
         # the ordinary self-attention layout: keys at consecutive positions ending with the queries'
         aligned = causal and attn_mask is None and n == m and (default_positions or _aligned(pq, pk))
         if pos is None and attn_mask is None and (not causal or aligned):
             # fully fused: no n x m tensor at all
             return _sdpa(qt, kt, v, is_causal=causal, scale=scale, **gqa)
+        if pos is not None and aligned and not gqa:   # CPU flash: the bias as its mask plus `is_causal`, so no mask tensor and hidden tiles skipped
+            out = flash_bias_attention(qt, kt, v, pos.to(q.dtype), scale, causal=True)
+            if out is not None: return out
         mask = attention_mask(pq, pk, (q.shape[0], q.shape[1], n, m), causal, attn_mask)
         if mask is not None and mask.dtype != torch.bool and mask.dtype != q.dtype: mask = mask.to(q.dtype)  # SDPA needs q's dtype
         visible = None
@@ -498,10 +647,11 @@ class PositionalEmbedding(nn.Module):
                     pos = pos.masked_fill_(~mask, float('-inf')) if fits else pos.masked_fill(~mask, float('-inf'))
                 else: pos = pos.add_(mask.to(q.dtype)) if fits else pos + mask.to(q.dtype)
             mask = pos
-        out = _sdpa(qt, kt, v, attn_mask=mask, scale=scale, **gqa)
+        out = flash_bias_attention(qt, kt, v, mask, scale) if pos is not None and not gqa else None   # CPU: flash even when the bias needs a gradient
+        if out is None: out = _sdpa(qt, kt, v, attn_mask=mask, scale=scale, **gqa)
         return out if visible is None else torch.where(visible, out, out.new_zeros(()))
 
-    def _flex_attention(self, q, k, v, pq, pk, causal, attn_mask):
+    def _flex_attention(self, q, k, v, pq, pk, causal, attn_mask, dq=None, dk=None):
         fx = _flex()
         if fx is None: raise RuntimeError("FlexAttention needs torch >= 2.5")
         if not self.flex_ready and (self.has_bias or self.has_qk_bias):
@@ -519,10 +669,12 @@ class PositionalEmbedding(nn.Module):
             if am.dtype != torch.bool: am = am.to(q.dtype)
         has_pos = self.flex_ready
         reset = self.special_reset
+        pick = lambda d, bi, hi, t: None if d is None else d[bi if d.shape[0] > 1 else 0, hi if d.shape[1] > 1 else 0, t]
         def score_mod(score, bi, hi, qi, kj):
             i, j = pq[bi if bq else 0, qi], pk[bi if bk else 0, kj]
-            if has_pos:
-                t = self.pair_bias(hi, self._plain(i), self._plain(j))
+            if has_pos:   # a data-dependent scheme gets its two data values beside the two positions
+                data = {'data_q': pick(dq, bi, hi, qi), 'data_k': pick(dk, bi, hi, kj)} if self.needs_data else {}
+                t = self.pair_bias(hi, self._plain(i), self._plain(j), **data)
                 if not self.handles_special:   # the same rule as the whole-tensor path, one score at a time
                     t = special_rule(t, i, j, *(None, None) if reset is None else (reset[0][hi], reset[1][hi]))
                 score = score + t
@@ -537,6 +689,33 @@ class PositionalEmbedding(nn.Module):
         block_mask = create_block_mask(mask_mod, b, h, n, m, device=q.device) if mask_mod is not None else None
         return flex_attention(qt, kt, v, score_mod=score_mod, block_mask=block_mask, scale=self.logit_scale(e), enable_gqa=k.shape[1] != h)
 
+    # ---- tensors that keep their precision (see 'Tensors that keep their precision') ----
+    keep_precision:dict = {}   # class-level: name -> least dtype (float32/float64) a cast leaves that parameter or buffer
+
+    def register_precise(self,
+                         name:str, # attribute name
+                         value, # an `nn.Parameter` (learned), a tensor (a buffer), or `f(device=, dtype=)` (a fixed table, recomputed on a widening cast)
+                         dtype:torch.dtype=torch.float32, # the least precision it keeps: float32 or float64
+                         exact:bool=False, # keep exactly `dtype`: a cast to float64 does not move it either
+                         persistent:bool=False, # buffers: in the `state_dict`? (fixed tables never are)
+                        ):
+        "Register a parameter or buffer that `.to(dtype)`, `.half()`, `model.to(...)` move to the new device but never round below `dtype`."
+        _check_floor(dtype, 'dtype')
+        recompute = value if callable(value) and not isinstance(value, Tensor) else None
+        if recompute is not None: value = recompute(device=None, dtype=dtype)
+        if isinstance(value, nn.Parameter): self.register_parameter(name, value)
+        elif value is None or isinstance(value, Tensor): self.register_buffer(name, value, persistent=persistent)
+        else: raise TypeError(f"`value` of {name!r} must be a Parameter, a tensor or a function of (device, dtype), got {type(value).__name__}")
+        self.__dict__.setdefault('_precise', {})[name] = (dtype, exact, recompute)
+
+    def _apply(self, fn, recurse=True):
+        # the one override: torch's `Module._apply` (as `.to`, `.half`, `.cuda` call it), with `fn` corrected on the precise tensors
+        return _precise_apply(self, fn, recurse, super()._apply)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)   # `copy_` already widens a bf16 checkpoint; `assign=True` needs this:
+        _precise_after_load(self)
+
     def extra_repr(self)->str:
         parts = [f"num_heads={self.num_heads}"] if self.num_heads else []
         if self.scale is not None: parts.append(f"scale={self.scale}")
@@ -547,6 +726,71 @@ class PositionalEmbedding(nn.Module):
     def examples(cls, d_model:int=64, num_heads:int=4)->dict:
         "Named instances that `pe check` and the property suite run (one per variant worth checking)."
         return {}
+
+
+# %% ../nbs/00_core.ipynb #a7ad07ce
+#| code-fold: true
+def check_data(data:Tensor, # per-token data `[1|b, 1|h, n]`
+               b:int, # batch size
+               h:Optional[int], # query heads (`None`: any)
+               n:int, # tokens the data describes
+               name:str='data', # argument name used in error messages
+               device=None, # device it must be on
+              )->Tensor: # `data`, unchanged
+    "Validate the per-token data of a data-dependent scheme: floating point, `[1|b, 1|h, n]`, on `device`."
+    if not isinstance(data, Tensor): raise TypeError(f"`{name}` must be a tensor, got {type(data).__name__}")
+    if not data.is_floating_point(): raise TypeError(f"`{name}` must be floating point, got {data.dtype}")
+    if data.ndim != 3 or data.shape[-1] != n or data.shape[0] not in (1, b) or (h is not None and data.shape[1] not in (1, h)):
+        raise ValueError(f"`{name}` must be [1|b, 1|h, n] = [1|{b}, 1|{h}, {n}], got {list(data.shape)}")
+    if device is not None and data.device != torch.device(device):
+        raise ValueError(f"`{name}` is on {data.device} but `q` is on {device}")
+    return data
+
+def _pair_data(data:dict)->dict:
+    "The dense form of the data keywords: `data_q` `[.., n, 1]` and `data_k` `[.., 1, m]`, or nothing."
+    if not data: return {}
+    dq, dk = data['data_q'], data['data_k']
+    return {'data_q': None if dq is None else dq[..., :, None], 'data_k': None if dk is None else dk[..., None, :]}
+
+def segment_starts(positions:Tensor, # `[1|b, n]`
+                   last:Optional[Tensor]=None, # `[1|b, 1]`: the position of the token before the first (a cache's last), or `None`
+                  )->Tensor: # bool `[1|b, n]`
+    "Where a sequence starts: every real token whose position does not exceed the last real position before it (or that has none)."
+    n = positions.shape[-1]
+    if n == 0: return positions.new_zeros(positions.shape, dtype=torch.bool)
+    if last is not None:   # one row per batch element of either
+        b = max(positions.shape[0], last.shape[0])
+        positions, last = positions.expand(b, n), last.expand(b, 1)
+    real = ~is_special(positions)   # a special token carries no position: it neither starts nor splits a sequence
+    seen = torch.where(real, torch.arange(n, device=positions.device), -1).cummax(-1).values
+    before = F.pad(seen[:, :-1], (1, 0), value=-1)                  # index of the last real token before each token
+    prev = positions.gather(-1, before.clamp_min(0))
+    has_prev = before >= 0
+    if last is not None:
+        prev = torch.where(has_prev, prev, last)
+        has_prev = has_prev | ~is_special(last)
+    return real & (~has_prev | (positions <= prev))
+
+def segmented_cumsum(values:Tensor, # `[b, ..., n]` per-token values (FoX: the log forget gates)
+                     positions:Tensor, # `[1|b, n]` their positions
+                     past:Optional[tuple]=None, # a cache's `(positions [b, t], sums [b, ..., t])` of the earlier tokens
+                    )->Tensor: # `[b, ..., n]` in `values`' dtype
+    "Running sum of `values` along the tokens, restarting at `segment_starts`, continuing `past` where the positions carry on."
+    n = values.shape[-1]
+    if n == 0: return values
+    last = carry = None
+    if past is not None and past[0].shape[-1] > 0: last, carry = past[0][:, -1:], past[1][..., -1:]
+    lead = values.ndim - 2
+    st = segment_starts(positions, last)
+    st = st.view(st.shape[0], *(1,) * lead, n)
+    ct = torch.float32 if values.device.type == 'mps' else torch.float64   # the sums, exactly enough to difference
+    a = values.to(ct)
+    if carry is not None:   # the first new token continues the last cached sum unless its position restarts
+        a = torch.cat([a[..., :1] + torch.where(st[..., :1], 0., carry.to(ct)), a[..., 1:]], -1)
+    c = a.cumsum(-1)
+    idx = torch.where(st, torch.arange(n, device=values.device), 0).cummax(-1).values   # each token's segment start
+    base = (c - a).gather(-1, idx.expand(c.shape))                                      # the sum before that start
+    return (c - base).to(values.dtype)
 
 
 # %% ../nbs/00_core.ipynb #1c7136bb

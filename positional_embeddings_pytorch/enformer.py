@@ -124,8 +124,8 @@ class EnformerPositionalEmbedding(DistanceEmbedding):
         if max_len < 2: raise ValueError(f"`max_len` must be >= 2, got {max_len}")
         self.head_dim, self.num_features, self.max_len = head_dim, num_features, max_len
         if gamma_table is not None: check_gamma_table(gamma_table, num_features // 6, max_len)
-        # a fixed table: not in the state_dict, kept in float64 whatever the module is cast to (see `_apply`)
-        self.register_buffer('gamma_table', None if gamma_table is None else gamma_table.detach().to(torch.float64), persistent=False)
+        # a fixed table: not in the state_dict, kept in float64 whatever the module is cast to (the core's `register_precise`)
+        self.register_precise('gamma_table', None if gamma_table is None else gamma_table.detach().to(torch.float64), torch.float64)
         self.to_rel_k = nn.Linear(num_features, num_heads * head_dim, bias=False)
         self.rel_content_bias = nn.Parameter(torch.randn(1, num_heads, 1, head_dim))  # u
         self.rel_pos_bias = nn.Parameter(torch.randn(1, num_heads, 1, head_dim))      # v
@@ -170,13 +170,6 @@ class EnformerPositionalEmbedding(DistanceEmbedding):
         a = qv @ W                                                        # [b, h, n, f]: the query in feature space
         feats = enformer_features(dist, self.num_features, self.max_len, dtype=qv.dtype, gamma_table=self.gamma_table)   # [1|b, n, m, f]
         return (a.unsqueeze(-2) @ feats.unsqueeze(1).transpose(-1, -2)).squeeze(-2)        # [b, h, n, m]
-
-    def _apply(self, fn, recurse=True):
-        # `.to(dtype)`, `.half()` cast every float buffer: the released gamma table keeps its float64 values, on the new device
-        table = self.gamma_table
-        super()._apply(fn, recurse)
-        if table is not None: self.gamma_table = table.to(self.gamma_table.device)
-        return self
 
     def extra_repr(self)->str:
         return (f"{super().extra_repr()}, head_dim={self.head_dim}, num_features={self.num_features}, max_len={self.max_len}"

@@ -64,7 +64,7 @@ class FirePositionalEmbedding(DistanceEmbedding):
         super().__init__(num_heads=num_heads, scale=scale, special_reset=special_reset)
         self.mlp_width, self.init_L, self.eps = mlp_width, float(init_L), float(eps)
         # `init_L` and `eps` as a tensor: `torch.compile` would treat Python floats that differ between instances as symbols
-        self.register_buffer('_consts', self._constants(), persistent=False)
+        self.register_precise('_consts', self._constants(), torch.float64)   # L's scale and eps: float64 under any cast
         self.mlp = nn.Sequential(nn.Linear(1, mlp_width), nn.ReLU(), nn.Linear(mlp_width, num_heads))
         self.c = nn.Parameter(torch.tensor(float(init_c)))
         self.L_multiplier = nn.Parameter(torch.tensor(1.0))
@@ -75,11 +75,6 @@ class FirePositionalEmbedding(DistanceEmbedding):
         return (self.L_multiplier * self._consts[0]).abs()
 
     def _constants(self, device=None)->Tensor: return torch.tensor([self.init_L, self.eps], dtype=torch.float64, device=device)
-    def _apply(self, fn, recurse=True):
-        # `.to(dtype)` casts every float buffer: recompute the two constants in float64
-        super()._apply(fn, recurse)
-        self._consts = self._constants(self._consts.device)
-        return self
 
     def _dtype(self): return torch.promote_types(self.c.dtype, torch.float32)
 

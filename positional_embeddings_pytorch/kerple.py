@@ -36,6 +36,7 @@ class KerplePositionalEmbedding(DistanceEmbedding):
     absolute = False
     float_positions = True
     pairwise = True   # one log1p or pow per pair costs about a gather: the engine evaluates it per pair
+    keep_precision = {'r1': torch.float32, 'r2': torch.float32}   # learned, but a bf16/fp16 cast would round them (the core's precise tensors)
 
     def __init__(self,
                  num_heads:int, # heads `h`: one (r1, r2) pair each
@@ -71,17 +72,6 @@ class KerplePositionalEmbedding(DistanceEmbedding):
     def clamp_parameters_(self)->'KerplePositionalEmbedding':
         "Clamp `r1`, `r2` into their ranges in place, as the reference code does before each forward (call after `optimizer.step()`)."
         self.r1.clamp_(min=self.eps); self.r2.clamp_(min=self.eps, max=self.r2_max)
-        return self
-
-    def _apply(self, fn, recurse=True):
-        # a cast to float16/bfloat16 would round r1, r2: keep their float32 values (moved to the new device)
-        keep = {nm: self._parameters[nm].data for nm in ('r1', 'r2')}
-        super()._apply(fn, recurse)
-        for nm, old in keep.items():
-            p = self._parameters[nm]
-            if p.dtype in (torch.float16, torch.bfloat16):
-                p.data = old.to(device=p.device, dtype=torch.float32)
-                if p.grad is not None: p.grad.data = p.grad.data.float()
         return self
 
     def extra_repr(self)->str:

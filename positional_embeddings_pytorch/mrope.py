@@ -223,7 +223,7 @@ class MRotaryPositionalEmbedding(RotaryPositionalEmbedding):
         "As RoPE's; with `[b, n, 3]` ids, `causal=True` orders tokens by index (queries = the last `n` of the `m` keys)."
         if not (_is_mrope_ids(positions_q) or _is_mrope_ids(positions_k)):
             return super().attention(q, k, v, positions_q, positions_k, causal=causal, attn_mask=attn_mask, backend=backend)
-        pq, pk = self._prepare(q, k, v, positions_q, positions_k)
+        pq, pk = self._prepare(q, k, v, positions_q, positions_k)[:2]
         n, m = q.shape[2], k.shape[2]
         if n and m: q, k = self.transform_qk(q, k, self._plain(pq), self._plain(pk))
         # the rotated q, k go through the core's backends with no further transform; ids carry no order, token indices do

@@ -23,9 +23,9 @@ def _check_layout(layout, name='layout'):
     if layout not in _LAYOUTS: raise ValueError(f"`{name}` must be 'half' or 'interleaved', got {layout!r}")
 
 def rope_angles(positions:Tensor, # integer positions `[..., n]`
-                inv_freq:Tensor, # `[r/2]` inverse frequencies `theta_k`
+                inv_freq:Tensor, # `[r/2]` inverse frequencies `theta_k`, or `[h, r/2]`: one set per head
                 dtype:Optional[torch.dtype]=None, # float32 or float64; default: `inv_freq`'s dtype
-               )->Tensor: # `[..., n, r/2]` angles `p * theta_k`
+               )->Tensor: # `[..., n, r/2]` angles `p * theta_k` (`[..., h, n, r/2]` for per-head frequencies)
     "Rotation angles `positions * inv_freq`, computed in float32 or float64 from the positions."
     dtype = inv_freq.dtype if dtype is None else dtype
     if dtype not in (torch.float32, torch.float64):
@@ -34,7 +34,8 @@ def rope_angles(positions:Tensor, # integer positions `[..., n]`
     if positions.dtype in (torch.float16, torch.bfloat16, torch.bool) or positions.is_complex():
         raise TypeError(f"`positions` has dtype {positions.dtype}; pass integer positions "
                         "(bf16 holds integers exactly only up to 256, fp16 up to 2048)")
-    if inv_freq.ndim != 1: raise ValueError(f"`inv_freq` must be [r/2], got shape {list(inv_freq.shape)}")
+    if inv_freq.ndim not in (1, 2): raise ValueError(f"`inv_freq` must be [r/2] (or [h, r/2], per head), got shape {list(inv_freq.shape)}")
+    if inv_freq.ndim == 2: return positions.to(dtype)[..., None, :, None] * inv_freq.to(dtype)[:, None, :]
     return positions.to(dtype)[..., None] * inv_freq.to(dtype)
 
 def _check_rotary_args(x:Tensor, cos:Tensor, sin:Tensor, layout:str):
@@ -175,7 +176,7 @@ class RotaryPositionalEmbedding(PositionalEmbedding):
                  rotary_dim:int, # rotated features `r` per head (even, `<= e`); the rest of the head passes through
                  base:float=10000., # the base `beta` of `theta_k = beta**(-2k/r)`
                  layout:str='half', # 'half': pairs (k, k+r/2), HF Llama/GPT-NeoX; 'interleaved': pairs (2k, 2k+1), RoFormer/GPT-J/Meta Llama
-                 scaling:Optional[dict]=None, # Hugging Face `rope_scaling` dict (`rope_type` 'linear', 'dynamic', 'yarn', 'longrope', 'llama3', ...)
+                 scaling:Optional[dict]=None, # Hugging Face `rope_scaling`/`rope_parameters` dict (`rope_type` 'linear', 'dynamic', 'yarn', 'longrope', 'llama3', 'proportional', ...)
                  max_position_embeddings:Optional[int]=None, # the config's `max_position_embeddings` (some scalings need it)
                  xpos:bool=False, # add xPos's decay (queries `zeta**(i/scale_base)`, keys `zeta**(-j/scale_base)`)
                  scale_base:float=512., # xPos `gamma`
@@ -183,6 +184,7 @@ class RotaryPositionalEmbedding(PositionalEmbedding):
                  num_heads:Optional[int]=None, # heads (not needed: RoPE has no per-head terms)
                  scale:Optional[float]=None, # logit scale (default `1/sqrt(e)`)
                  special_reset:bool=False, # not available: a rotation leaves no separate positional term to reset
+                 learned_freq:bool=False, # learn `inv_freq` (an `nn.Parameter` initialised to `theta_k`, kept float32 under casts): `[h, r/2]` with `num_heads`, else `[r/2]`
                 ):
         if special_reset:
             raise ValueError("`special_reset=True` has no meaning for a rotary scheme: there is no separate positional term to reset")
@@ -202,7 +204,18 @@ class RotaryPositionalEmbedding(PositionalEmbedding):
         # length-dependent frequencies read the largest position: absolute information, so shifts change the logits
         self.absolute = self.dynamic
         self.attention_factor = self._frequencies()[1]
-        for name, t in self._tables().items(): self.register_buffer(name, t, persistent=False)
+        self.learned_freq = bool(learned_freq)
+        tables = self._tables()
+        if self.learned_freq:
+            if self.dynamic:
+                raise ValueError(f"`learned_freq=True` needs fixed frequencies, but scaling {rope_scaling_type(scaling)!r} recomputes them from the length")
+            # learned: in the state_dict, follows `.double()`, never rounded below float32 (the core's precise tensors)
+            f = tables.pop('inv_freq')
+            if num_heads is not None: f = f.expand(num_heads, -1).clone()   # one set per head, each starting at `theta_k`
+            self.register_precise('inv_freq', nn.Parameter(f), torch.float32)
+        for name, t in tables.items():   # fixed tables: exactly float32 under any cast, as Hugging Face computes them
+            if t.is_floating_point(): self.register_precise(name, t, torch.float32, exact=True)
+            else: self.register_buffer(name, t, persistent=False)
 
     def _freq_dim(self)->int: return self.rotary_dim
 
@@ -216,13 +229,6 @@ class RotaryPositionalEmbedding(PositionalEmbedding):
         if self.xpos: out['xpos_zeta'] = xpos_zeta(self._freq_dim())
         if rope_scaling_type(self.scaling) == 'longrope': out['inv_freq_long'] = self._frequencies(self._original_length() + 1)[0]
         return out
-
-    def _apply(self, fn, recurse=True):
-        # `.to(bfloat16)` and friends cast every float buffer: recompute ours in float32 on the new device
-        super()._apply(fn, recurse)
-        dev = self.inv_freq.device
-        for name, t in self._tables().items(): setattr(self, name, t.to(dev))
-        return self
 
     def _original_length(self)->int:
         "The context length the frequencies were trained for (length-dependent scalings switch past it)."
@@ -243,15 +249,24 @@ class RotaryPositionalEmbedding(PositionalEmbedding):
         return (1.0 / ntk ** exps).float()
 
     def _cos_sin(self, positions:Tensor, inv_freq:Tensor, sign:int=1, centre=None, dtype=None):
-        "cos and sin `[1|b, 1, n, r/2]` in `angle_dtype`, times the attention factor and xPos's factors."
-        ang = rope_angles(positions, inv_freq, self.angle_dtype)
+        "cos and sin `[1|b, 1, n, r/2]` (`[1|b, h, n, r/2]` for per-head frequencies) in `angle_dtype`, times the attention factor and xPos's factors."
+        # learned frequencies in float64 (`.double()`) give float64 angles: their gradient is then exact in float64
+        ad = torch.promote_types(self.angle_dtype, inv_freq.dtype) if self.learned_freq else self.angle_dtype
+        ang = rope_angles(positions, inv_freq, ad)
         cos, sin = ang.cos(), ang.sin()
+        per_head = inv_freq.ndim == 2   # learned per-head frequencies: the angles already have a head axis
         if self.xpos:  # xPos factors in float64 for float64 inputs: their range is what limits xPos
             fd = torch.float64 if dtype == torch.float64 else self.angle_dtype
             s = xpos_scale(sign * (positions - (0 if centre is None else centre)), self.xpos_zeta, self.scale_base, fd)
+            if per_head: s = s[:, None]
             cos, sin = cos * s, sin * s
         if self.attention_factor != 1.: cos, sin = cos * self.attention_factor, sin * self.attention_factor
-        return cos[:, None], sin[:, None]
+        return (cos, sin) if per_head else (cos[:, None], sin[:, None])
+
+    def _check_heads(self, h:int, name:str='q'):
+        "Per-head frequencies rotate head `i` by row `i`: `x` must have as many heads as rows."
+        if self.inv_freq.ndim == 2 and h != self.inv_freq.shape[0]:
+            raise ValueError(f"`{name}` has {h} heads but the learned per-head frequencies have {self.inv_freq.shape[0]} rows (num_heads={self.num_heads})")
 
     def _check_width(self, e:int, name:str='q'):
         if self.rotary_dim > e:
@@ -260,6 +275,9 @@ class RotaryPositionalEmbedding(PositionalEmbedding):
     def transform_qk(self, q:Tensor, k:Tensor, positions_q:Tensor, positions_k:Tensor):
         "Rotate `q` `[b, h, n, e]` by `positions_q` `[1|b, n]` and `k` by `positions_k` (special tokens arrive as 0: no rotation)."
         self._check_width(q.shape[-1])
+        self._check_heads(q.shape[1])
+        # grouped-query keys meet each query head of their group rotated by that head's own frequencies: repeat, then rotate
+        if self.inv_freq.ndim == 2 and k.shape[1] != q.shape[1]: k = repeat_kv(k, q.shape[1])
         inv = self._inv_freq(torch.maximum(positions_q.max(), positions_k.max()) + 1) if self.dynamic else self.inv_freq
         centre = None
         if self.xpos:  # an integer midpoint of the call's positions keeps xPos factors finite (see above)
@@ -282,6 +300,7 @@ class RotaryPositionalEmbedding(PositionalEmbedding):
         if kind not in ('q', 'k'): raise ValueError(f"`kind` must be 'q' or 'k', got {kind!r}")
         if not isinstance(x, Tensor) or x.ndim != 4: raise ValueError(f"`x` must be [b, h, n, e], got {getattr(x, 'shape', type(x))}")
         self._check_width(x.shape[-1], 'x')
+        self._check_heads(x.shape[1], 'x')
         p = self._plain(self._positions(positions, x.shape[2], x.shape[0], 'positions', x.device))
         if self.dynamic: inv = self._inv_freq(p.max() + 1 if seq_len is None else torch.tensor(seq_len, device=x.device))
         else: inv = self.inv_freq
@@ -292,10 +311,11 @@ class RotaryPositionalEmbedding(PositionalEmbedding):
         "xPos in fp16: factors past 65504 would overflow, so compute in float32 (bf16 has float32's range)."
         return self.xpos and all(isinstance(t, Tensor) and t.dtype == torch.float16 for t in ts)
 
-    def forward_attn(self, q:Tensor, k:Tensor, positions_q:Optional[Tensor]=None, positions_k:Optional[Tensor]=None)->Tensor:
+    def forward_attn(self, q:Tensor, k:Tensor, positions_q:Optional[Tensor]=None, positions_k:Optional[Tensor]=None,
+                     data_q:Optional[Tensor]=None, data_k:Optional[Tensor]=None)->Tensor:
         "Pre-softmax logits `[b, h, n, m]` of the rotated `q` and `k`, scaled (float32 inside for xPos in fp16)."
-        if self._upcast(q, k): return super().forward_attn(q.float(), k.float(), positions_q, positions_k).to(q.dtype)
-        return super().forward_attn(q, k, positions_q, positions_k)
+        if self._upcast(q, k): return super().forward_attn(q.float(), k.float(), positions_q, positions_k, data_q, data_k).to(q.dtype)
+        return super().forward_attn(q, k, positions_q, positions_k, data_q, data_k)
 
     def attention(self, q:Tensor, k:Tensor, v:Tensor, positions_q:Optional[Tensor]=None, positions_k:Optional[Tensor]=None, *,
                   causal:bool=False, attn_mask:Optional[Tensor]=None, backend:str='auto')->Tensor:
@@ -310,12 +330,13 @@ class RotaryPositionalEmbedding(PositionalEmbedding):
         if self.scaling is not None: parts.append(f"scaling={rope_scaling_type(self.scaling)!r}")
         if self.xpos: parts.append(f"xpos=True, scale_base={self.scale_base:g}")
         if self.angle_dtype != torch.float32: parts.append(f"angle_dtype={self.angle_dtype}")
+        if self.learned_freq: parts.append("learned_freq=True")
         sup = super().extra_repr()
         return ', '.join(parts + ([sup] if sup else []))
 
     @classmethod
     def examples(cls, d_model:int=64, num_heads:int=4)->dict:
-        "Layouts, partial rotation, xPos, and one instance per Hugging Face scaling type (small valid configs)."
+        "Layouts, partial rotation, xPos, learned frequencies, and one instance per Hugging Face scaling type (small valid configs)."
         e = d_model // num_heads
         half, L0 = e // 2, 32
         return {
@@ -323,6 +344,8 @@ class RotaryPositionalEmbedding(PositionalEmbedding):
             'interleaved': cls(e, layout='interleaved'),
             'partial': cls(max(2, e // 4 * 2)),
             'xpos': cls(e, xpos=True),
+            'learned_freq': cls(e, learned_freq=True),
+            'learned-per-head': cls(e, learned_freq=True, num_heads=num_heads),
             'linear': cls(e, scaling={'rope_type': 'linear', 'factor': 2.0}),
             'dynamic': cls(e, scaling={'rope_type': 'dynamic', 'factor': 2.0}, max_position_embeddings=L0),
             'yarn': cls(e, scaling={'rope_type': 'yarn', 'factor': 4.0, 'original_max_position_embeddings': L0}),
@@ -331,6 +354,8 @@ class RotaryPositionalEmbedding(PositionalEmbedding):
                                         'original_max_position_embeddings': L0}, max_position_embeddings=4 * L0),
             'llama3': cls(e, scaling={'rope_type': 'llama3', 'factor': 8.0, 'low_freq_factor': 1.0,
                                       'high_freq_factor': 4.0, 'original_max_position_embeddings': L0}),
+            # p-RoPE (Gemma 4): a quarter of the pairs turn, over the whole head; the rest carry no position
+            'proportional': cls(e, scaling={'rope_type': 'proportional', 'partial_rotary_factor': 0.25}),
         }
 
 # %% ../nbs/20_rope.ipynb #17cfc713

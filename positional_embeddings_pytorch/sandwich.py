@@ -6,7 +6,7 @@
 __all__ = ['sandwich_frequencies', 'sandwich_head_scales', 'sandwich_kernel', 'SandwichPositionalEmbedding']
 
 # %% ../nbs/15_sandwich.ipynb #6f19a508
-import math, torch
+import functools, math, torch
 from torch import nn, Tensor
 import torch.nn.functional as F
 from typing import Optional
@@ -53,22 +53,15 @@ class SandwichPositionalEmbedding(DistanceEmbedding):
                  special_reset:bool=False, # learn TUPE's two per-head scalars for special tokens
                 ):
         super().__init__(num_heads=num_heads, scale=scale, special_reset=special_reset)
-        self.register_buffer('freqs', sandwich_frequencies(dim), persistent=False)
-        self.register_buffer('head_scales', sandwich_head_scales(num_heads), persistent=False)
+        # fixed numbers, never below float32; a cast to float64 recomputes them there (the core's `register_precise`)
+        self.register_precise('freqs', functools.partial(sandwich_frequencies, dim))
+        self.register_precise('head_scales', functools.partial(sandwich_head_scales, num_heads))
         self.dim = dim
 
     def distance_bias(self, delta:Tensor, head:Optional[Tensor]=None)->Tensor: # `[...]` -> `[h, ...]`, or `[...]` with `head`
         "`(p_i . p_j - d'/2) H / (8h)` at distances `delta`, of every head or of the heads in `head`: the engine does the rest."
         s = self.head_scales.view(-1, *(1,) * delta.ndim) if head is None else self.head_scales[head]
         return s * sandwich_kernel(delta, self.freqs)
-
-    def _apply(self, fn, recurse=True):
-        # casts reach every float buffer: recompute the fixed numbers, in float64 if cast there, else float32
-        super()._apply(fn, recurse)
-        dt = torch.float64 if self.freqs.dtype == torch.float64 else torch.float32
-        self.freqs = sandwich_frequencies(self.dim, self.freqs.device, dt)
-        self.head_scales = sandwich_head_scales(self.num_heads, self.freqs.device, dt)
-        return self
 
     def extra_repr(self)->str:
         return f"dim={self.dim}, " + super().extra_repr()

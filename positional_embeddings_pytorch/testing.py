@@ -117,7 +117,33 @@ def _prepared(pe:nn.Module, dtype=torch.float64, seed:int=0, device=None)->nn.Mo
         for p in pe.parameters():
             if p.is_floating_point() and p.numel() and bool((p == 0).all()):
                 p.copy_(0.5 * torch.randn(p.shape, generator=g, dtype=torch.float64).to(p.dtype))
-    return pe.to(dtype) if device is None else pe.to(device=device, dtype=dtype)
+    pe = pe.to(dtype) if device is None else pe.to(device=device, dtype=dtype)
+    return _drive_data(pe) if getattr(pe, 'needs_data', False) else pe
+
+def _self_data(s, q, k, positions_q, positions_k):
+    "The data a data-dependent scheme gets in the suite: self-attention, hidden states = the keys (heads merged), queries = the last n keys."
+    b, n, m = q.shape[0], q.shape[2], k.shape[2]
+    pq = s._positions(positions_q, n, b, 'positions_q', q.device)
+    pk = s._positions(positions_k, m, b, 'positions_k', q.device)
+    hidden = lambda t: repeat_kv(t, q.shape[1]).transpose(1, 2).flatten(2)   # [b, len, h * e] = [b, len, d_model]
+    dk = s.token_data(hidden(k), pk)
+    dq = dk[..., m - n:] if n <= m else s.token_data(hidden(q), pq)
+    return dq, dk
+
+def _drive_data(s:nn.Module)->nn.Module:
+    "`s` with `forward_attn` and `attention` that compute the data by `_self_data` when none is passed (bound methods: `deepcopy` follows)."
+    import types
+    cls = type(s)
+    def forward_attn(self, q, k, positions_q=None, positions_k=None, data_q=None, data_k=None):
+        if data_q is None and data_k is None:
+            check_qkv(q, k); data_q, data_k = _self_data(self, q, k, positions_q, positions_k)
+        return cls.forward_attn(self, q, k, positions_q, positions_k, data_q, data_k)
+    def attention(self, q, k, v, positions_q=None, positions_k=None, *, data_q=None, data_k=None, **kw):
+        if data_q is None and data_k is None:
+            check_qkv(q, k, v); data_q, data_k = _self_data(self, q, k, positions_q, positions_k)
+        return cls.attention(self, q, k, v, positions_q, positions_k, data_q=data_q, data_k=data_k, **kw)
+    s.forward_attn, s.attention = types.MethodType(forward_attn, s), types.MethodType(attention, s)
+    return s
 
 def _device(pe:nn.Module):
     t = next(iter(list(pe.parameters()) + list(pe.buffers())), None)
@@ -252,15 +278,22 @@ def check_kv_cache(pe:PositionalEmbedding, *, d_model:int=64, num_heads:Optional
     _model_kv_cache(s, t, d_model, h, seed, dev, chunks)
     return t
 
-def _model_kv_cache(s, t, d_model, h, seed, dev, chunks):
-    "The same check through `attention.Transformer` and its cache, when the module exists."
+def _scheduled_model(s, t, d_model, h, seed, dev):
+    "A 3-layer decoder with a per-layer schedule (the scheme; NoPE with a sliding window of 3; the scheme with a window of 4), or `None` without `attention`."
     try: from positional_embeddings_pytorch.attention import Transformer
     except ImportError:
-        t.notes.append('model level: attention.Transformer not available'); return
+        t.notes.append('model level: attention.Transformer not available'); return None
+    own, nope = copy.deepcopy(s), NoPositionalEmbedding()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = Transformer(vocab_size=13, d_model=d_model, num_heads=h, num_layers=2, pe=copy.deepcopy(s), causal=True)
-    model = model.to(dev, torch.float64).eval()
+        model = Transformer(vocab_size=13, d_model=d_model, num_heads=h, num_layers=3, pe=lambda l: nope if l == 1 else own,
+                            window=[None, 3, 4], causal=True)
+    return model.to(dev, torch.float64).eval()
+
+def _model_kv_cache(s, t, d_model, h, seed, dev, chunks):
+    "The same check through a scheduled `attention.Transformer` and its cache, when the module exists."
+    model = _scheduled_model(s, t, d_model, h, seed, dev)
+    if model is None: return
     N = sum(chunks)
     tokens = torch.randint(0, 13, (2, N), generator=torch.Generator().manual_seed(seed)).to(dev)
     with torch.no_grad():
@@ -301,9 +334,17 @@ def check_packing(pe:PositionalEmbedding, *, d_model:int=64, num_heads:Optional[
         for ri, sp in enumerate(spans):
             for a, z in sp:
                 t.close(f"forward_input/row{ri}[{a}:{z}]", y[ri:ri+1, a:z], s.forward_input(x[ri:ri+1, a:z], torch.arange(z - a, device=dev)))
+    model = _scheduled_model(s, t, d_model, h, seed, dev)
+    if model is not None:   # the same through a model with a per-layer schedule: packed rows against each document alone
+        tokens = torch.randint(0, 13, (2, n), generator=torch.Generator().manual_seed(seed)).to(dev)
+        with torch.no_grad():
+            out = model(tokens, pos, attn_mask=block)
+            for ri, sp in enumerate(spans):
+                for a, z in sp: t.close(f"Transformer(schedule)/row{ri}[{a}:{z}]", out[ri:ri+1, a:z], model(tokens[ri:ri+1, a:z]))
     return t
 
 # %% ../nbs/90_testing.ipynb #6a8e8f87
+#| code-fold: true
 @_property('left_padding')
 def check_left_padding(pe:PositionalEmbedding, *, d_model:int=64, num_heads:Optional[int]=None, seed:int=0, device=None):
     "A left-padded batch (pads masked, each row's positions start at 0 at its first token) equals the unpadded rows."
@@ -324,6 +365,12 @@ def check_left_padding(pe:PositionalEmbedding, *, d_model:int=64, num_heads:Opti
         y = s.forward_input(x, pos)
         for ri, p in enumerate(pads):
             t.close(f"forward_input/row{ri}", y[ri:ri+1, p:], s.forward_input(x[ri:ri+1, p:]))
+    model = _scheduled_model(s, t, d_model, h, seed, dev)
+    if model is not None:   # the same through a model with a per-layer schedule: padded rows against the rows alone
+        tokens = torch.randint(0, 13, (2, n), generator=torch.Generator().manual_seed(seed)).to(dev)
+        with torch.no_grad():
+            out = model(tokens, pos, attn_mask=key_mask)
+            for ri, p in enumerate(pads): t.close(f"Transformer(schedule)/row{ri}", out[ri:ri+1, p:], model(tokens[ri:ri+1, p:]))
     return t
 
 # %% ../nbs/90_testing.ipynb #e81db1a9
@@ -576,7 +623,7 @@ def check_inputs(pe:PositionalEmbedding, *, d_model:int=64, num_heads:Optional[i
         fi = s.forward_input(x, pk)
         for dt in (torch.int32, torch.int16, torch.uint8): t.close(f"forward_input/{dt} positions", s.forward_input(x, pk.to(dt)), fi)
         t.check('forward_input/empty', tuple(s.forward_input(x[:, :0], pk[:, :0]).shape) == (b, 0, d_model))
-    if s.has_bias:
+    if s.has_bias and not s.needs_data:   # a data-dependent bias needs the data: the attention checks above cover it
         bb = s.bias(n=3, m=4)
         t.check('bias(n=3, m=4) on the module device', bb.device == _device(s) and bb.shape[-2:] == (3, 4), f"{bb.device}, {list(bb.shape)}")
         t.close('bias/uint8 positions', s.bias(pq.to(torch.uint8), pk.to(torch.uint8)), s.bias(pq, pk))

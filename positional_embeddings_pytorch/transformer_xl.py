@@ -118,14 +118,14 @@ class TransformerXLPositionalEmbedding(DistanceEmbedding):
         if h != self.num_heads or e != self.head_dim:
             raise ValueError(f"`q` is {list(q.shape)} but the scheme was built with num_heads={self.num_heads}, head_dim={self.head_dim}")
 
-    def _prepare(self, q, k, v, positions_q, positions_k):
+    def _prepare(self, q, k, v, positions_q, positions_k, data_q=None, data_k=None):
         check_qkv(q, k, v)   # shapes first: the check below reads the lengths
         if positions_q is None and k.shape[2] != q.shape[2] and q.shape[2] and k.shape[2]:   # (no pair at all is no error)
             n, m = q.shape[2], k.shape[2]
             raise ValueError(f"{n} queries and {m} keys with the default `positions_q` (arange({n})) would put the queries in front of "
                              f"the keys; pass `positions_q` (memory followed by the segment: arange({m - n}, {m}))" if m > n else
                              f"{n} queries and {m} keys with the default `positions_q`: pass `positions_q` and `positions_k`")
-        return super()._prepare(q, k, v, positions_q, positions_k)
+        return super()._prepare(q, k, v, positions_q, positions_k, data_q, data_k)
 
     def extra_repr(self)->str:
         s = f"d_model={self.d_model}, num_heads={self.num_heads}, head_dim={self.head_dim}"

@@ -294,3 +294,33 @@ def test_compiled_fullgraph_matches_eager():
         try: got = torch.compile(f, fullgraph=True)(q[:, :, 2:], k, v)
         finally: torch.compiler.reset()
         torch.testing.assert_close(got, f(q[:, :, 2:], k, v), rtol=1e-5, atol=1e-6)
+
+
+def test_packing_with_documents_as_data():
+    "The documents travel as data (core's `token_data`): a packed row equals each document alone, in the module and in a model with a cache."
+    torch.manual_seed(11)
+    h, e = 2, 4
+    pe = randomised(CoPEPositionalEmbedding(e, max_pos=5)).double()
+    q, k, v = torch.randn(3, 1, h, 7, e, dtype=torch.float64).unbind(0)
+    ppos = torch.tensor([[0, 1, 2, 0, 1, 2, 3]])
+    docs = pe.token_data(None, ppos)
+    assert docs.tolist() == [[[1., 1., 1., 2., 2., 2., 2.]]]
+    block = docs[:, :, :, None] == docs[:, :, None, :]
+    for be in ('reference', 'sdpa'):
+        out = pe.attention(q, k, v, ppos, ppos, causal=True, attn_mask=block, backend=be, data_q=docs, data_k=docs)
+        for a, z in ((0, 3), (3, 7)):
+            torch.testing.assert_close(out[:, :, a:z], pe.attention(q[:, :, a:z], k[:, :, a:z], v[:, :, a:z], causal=True), rtol=1e-12, atol=1e-12)
+    # a model: the packed row, prefilled then decoded with the cache, equals the documents alone
+    from positional_embeddings_pytorch.attention import Transformer
+    torch.manual_seed(0)
+    model = Transformer(vocab_size=11, d_model=8, num_heads=2, num_layers=2, pe=randomised(CoPEPositionalEmbedding(4, max_pos=5))).double().eval()
+    a_, b_ = torch.randint(0, 11, (1, 3)), torch.randint(0, 11, (1, 4))
+    doc = torch.tensor([[0] * 3 + [1] * 4])
+    with torch.no_grad():
+        packed = model(torch.cat([a_, b_], 1), ppos, attn_mask=doc[:, None, :, None] == doc[:, None, None, :])
+        torch.testing.assert_close(packed[:, :3], model(a_), rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(packed[:, 3:], model(b_), rtol=1e-10, atol=1e-12)
+        cache = model.new_cache()
+        model(torch.cat([a_, b_[:, :2]], 1), ppos[:, :5], cache=cache, attn_mask=doc[:, None, :5, None] == doc[:, None, None, :5])
+        step = model(b_[:, 2:3], cache=cache, attn_mask=(doc[:, :6] == 1)[:, None, None, :])   # position 2 of document 2, from the cache
+        torch.testing.assert_close(step, model(b_[:, :3])[:, 2:3], rtol=1e-10, atol=1e-12)

@@ -1,4 +1,4 @@
-"Reference parity of every RoPE scaling type with transformers, properties, bad input, and the KV-cache policy."
+"Reference parity of every rope type with transformers (frequencies, and the rotary module built from whole configs, flat or per layer type), properties, bad input, and the KV-cache policy."
 import math, pytest, torch
 from hypothesis import given, settings, strategies as st, HealthCheck
 from positional_embeddings_pytorch.rope_scaling import *
@@ -105,6 +105,10 @@ CASES = {
                            'original_max_position_embeddings': 8192}, 131072, None),
     'llama3-odd': (64, 1e4, {'rope_type': 'llama3', 'factor': 4.0, 'low_freq_factor': 2.0, 'high_freq_factor': 16.0,
                              'original_max_position_embeddings': 1024}, 4096, None),
+    'proportional': (64, 1e6, {'rope_type': 'proportional', 'partial_rotary_factor': 0.25}, 4096, None),
+    'proportional-factor': (128, 1e4, {'rope_type': 'proportional', 'partial_rotary_factor': 0.6, 'factor': 8.0}, 4096, None),
+    'proportional-all': (32, 1e4, {'rope_type': 'proportional'}, 4096, None),
+    'proportional-none': (32, 1e4, {'rope_type': 'proportional', 'partial_rotary_factor': 0.0}, 4096, None),
 }
 
 
@@ -133,7 +137,7 @@ def test_float64_redirect_is_restored():
 def test_cases_cover_every_hf_type():
     covered = {rope_scaling_type(p) for _, _, p, _, _ in CASES.values()}
     assert covered == set(ROPE_SCALING_FIELDS) - {'ntk'}
-    assert {'linear', 'dynamic', 'yarn', 'longrope', 'llama3'} <= set(ROPE_INIT_FUNCTIONS)
+    assert set(ROPE_INIT_FUNCTIONS) | {'default'} == covered
 
 
 @pytest.mark.parametrize('alpha', [2.0, 8.0, 13.5])
@@ -162,13 +166,14 @@ def test_rope_theta_inside_the_dict():
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(half=st.integers(2, 96), base=st.sampled_from([1e4, 5e5, 1e6]), factor=st.floats(1.0, 64.0),
-       L0=st.sampled_from([256, 2048, 4096, 8192]), t=st.sampled_from(['yarn', 'llama3', 'dynamic', 'linear']),
+       L0=st.sampled_from([256, 2048, 4096, 8192]), t=st.sampled_from(['yarn', 'llama3', 'dynamic', 'linear', 'proportional']),
        truncate=st.booleans(), grow=st.floats(0.1, 20.0))
 def test_parity_random(half, base, factor, L0, t, truncate, grow):
     dim = 2 * half
     if t == 'yarn': p = {'rope_type': t, 'factor': factor, 'original_max_position_embeddings': L0, 'truncate': truncate}
     elif t == 'llama3': p = {'rope_type': t, 'factor': factor, 'low_freq_factor': 1.0, 'high_freq_factor': 4.0,
                              'original_max_position_embeddings': L0}
+    elif t == 'proportional': p = {'rope_type': t, 'factor': factor, 'partial_rotary_factor': min(1.0, grow / 10)}
     else: p = {'rope_type': t, 'factor': factor}
     seq_len = int(L0 * grow)
     with hf_in_float64(): ref = hf_frequencies(dim, base, dict(p), L0, seq_len)
@@ -205,14 +210,14 @@ def test_config_kwargs_partial_rotary():
                      rope_scaling={'type': 'longrope', 'short_factor': [1.0 + 0.1 * k for k in range(16)],
                                    'long_factor': [2.0 + k for k in range(16)]})
     kw = rope_config_kwargs(cfg)
-    assert kw['dim'] == 32
+    assert kw['rotary_dim'] == 32
     for seq_len in (None, 100, 5000):
         ref = ROPE_INIT_FUNCTIONS['longrope'](cfg, 'cpu', seq_len=seq_len)
-        assert_same(rope_frequencies(**kw, seq_len=seq_len), ref)  # longrope: plain tolerance
+        assert_same(_freqs(kw, seq_len=seq_len), ref)  # longrope: plain tolerance
     cfg = LlamaConfig(hidden_size=512, num_attention_heads=8, head_dim=32, rope_theta=5e5, max_position_embeddings=8192,
                       rope_scaling={'rope_type': 'yarn', 'factor': 4.0, 'original_max_position_embeddings': 2048})
-    assert_same(rope_frequencies(**rope_config_kwargs(cfg)), ROPE_INIT_FUNCTIONS['yarn'](cfg, 'cpu'), 16 * U * 4)
-    assert rope_config_kwargs(cfg.to_dict())['dim'] == 32
+    assert_same(_freqs(rope_config_kwargs(cfg)), ROPE_INIT_FUNCTIONS['yarn'](cfg, 'cpu'), 16 * U * 4)
+    assert rope_config_kwargs(cfg.to_dict())['rotary_dim'] == 32
 
 
 def test_properties():
@@ -351,3 +356,219 @@ def test_cached_rotated_keys_differ():
     assert abs(full - rotated_cache) > 1e-2
     torch.testing.assert_close(logit(f_now, f_now, 7), full)          # shared frequencies: relative
     assert abs(logit(f_now, f_then, 7) - rotated_cache) > 1e-2         # mixed frequencies: not relative
+
+
+# ---- every rope type transformers accepts, from whole configs, into the package's rotary module ----
+
+def _freqs(kw, **more):
+    "rope_frequencies from rope_config_kwargs' keyword arguments (it names the dimension `rotary_dim`)."
+    kw = dict(kw)
+    return rope_frequencies(kw.pop('rotary_dim'), **kw, **more)
+
+
+def hf_rotate(x, cos, sin):
+    "transformers' rotation (Llama, GPT-NeoX, Phi-3, Qwen2, Gemma): the first cos.shape[-1] features, rotate_half pairs."
+    r = cos.shape[-1]
+    xr, rest = x[..., :r], x[..., r:]
+    x1, x2 = xr.chunk(2, -1)
+    return torch.cat([xr * cos[:, None] + torch.cat([-x2, x1], -1) * sin[:, None], rest], -1)
+
+
+def _hf_module(cfg):
+    import importlib
+    arch = {'llama': 'Llama', 'qwen2': 'Qwen2', 'gpt_neox': 'GPTNeoX', 'phi3': 'Phi3', 'gemma3_text': 'Gemma3',
+            'gemma4_text': 'Gemma4Text'}[cfg.model_type]
+    mod = importlib.import_module(f"transformers.models.{cfg.model_type.replace('_text', '')}.modeling_{cfg.model_type.replace('_text', '')}")
+    return getattr(mod, f"{arch}RotaryEmbedding")(cfg)
+
+
+def check_against_module(cfg, layer_type=None, starts=(0,), n=24, config_forms=None):
+    "The constructed module rotates like the model's own rotary embedding: inv_freq, attention factor and q rotated."
+    from positional_embeddings_pytorch.rope import RotaryPositionalEmbedding
+    kw = rope_config_kwargs(cfg, layer_type=layer_type)
+    for other in config_forms or (): assert rope_config_kwargs(other, layer_type=layer_type) == kw
+    pe = RotaryPositionalEmbedding(**kw)
+    hf = _hf_module(cfg)
+    call = (lambda x, p: hf(x, p, layer_type)) if layer_type is not None else (lambda x, p: hf(x, p))
+    prefix = f"{layer_type}_" if layer_type is not None else ''
+    hf_inv, hf_a = getattr(hf, prefix + 'inv_freq'), getattr(hf, prefix + 'attention_scaling')
+    torch.testing.assert_close(pe.inv_freq, hf_inv, rtol=16 * U, atol=0)     # before any dynamic update
+    assert pe.attention_factor == pytest.approx(hf_a, rel=1e-12)
+    torch.manual_seed(0)
+    e = kw['rotary_dim'] if (kw['scaling'] or {}).get('rope_type') == 'proportional' else None
+    head = e or (getattr(cfg, 'head_dim', None) if not getattr(cfg, 'is_heterogeneous', False) else None) \
+        or cfg.hidden_size // cfg.num_attention_heads
+    for start in starts:
+        x, pos = torch.randn(2, 3, n, head), torch.arange(start, start + n)[None]
+        cos, sin = call(x, pos)
+        ref = hf_rotate(x, cos, sin)
+        ours = pe.rotate(x, pos)
+        # float32 trig on both sides; the frequencies agree to 16 u, so angles to (largest position) * 16 u * theta
+        tol = 4 * x.abs().max().item() * max(pe.attention_factor, 1.0) * (1e-6 + (start + n) * 16 * U)
+        torch.testing.assert_close(ours, ref, rtol=0, atol=tol)
+        assert (ours - ref).abs().max() < tol
+    return kw, pe
+
+
+def test_every_transformers_type_is_known():
+    "No rope type transformers accepts is missing, and no other is claimed ('ntk' is ours, with no HF type)."
+    assert set(ROPE_INIT_FUNCTIONS) | {'default'} == set(ROPE_SCALING_FIELDS) - {'ntk'}
+
+
+def test_proportional_frequencies():
+    "p-RoPE: RoPE's fastest int(p*e//2) frequencies over the whole head, zeros after, divided by factor."
+    inv = proportional_inv_freq(16, 1e6, 0.25)
+    assert torch.equal(inv[:2], rope_inv_freq(16, 1e6)[:2]) and torch.equal(inv[2:], torch.zeros(6, dtype=torch.float64))
+    inv2, a = rope_frequencies(16, scaling={'rope_type': 'proportional', 'partial_rotary_factor': 0.25, 'factor': 4.0, 'rope_theta': 1e6})
+    assert a == 1.0 and torch.equal(inv2, (inv / 4).float())
+    # it is not GPT-NeoX's partial rotation: those re-spread the exponent over r = p*e
+    assert not torch.allclose(inv[:2], rope_inv_freq(4, 1e6))
+    with pytest.raises(ValueError, match=r"must be a number in \[0, 1\], got 1.5"): proportional_inv_freq(16, 1e4, 1.5)
+
+
+@pytest.mark.parametrize('form', ['rope_scaling', 'rope_parameters', 'object'])
+@pytest.mark.parametrize('params', [
+    None,
+    {'rope_type': 'linear', 'factor': 4.0},
+    {'rope_type': 'dynamic', 'factor': 2.0},
+    {'rope_type': 'yarn', 'factor': 4.0, 'original_max_position_embeddings': 64},
+    {'rope_type': 'yarn', 'factor': 16.0, 'original_max_position_embeddings': 32, 'mscale': 1.0, 'mscale_all_dim': 0.707,
+     'beta_fast': 16, 'beta_slow': 2},
+    {'rope_type': 'longrope', 'short_factor': [1.0 + 0.1 * k for k in range(8)], 'long_factor': [1.0 + k for k in range(8)],
+     'original_max_position_embeddings': 64, 'factor': 4.0},
+    {'rope_type': 'llama3', 'factor': 8.0, 'low_freq_factor': 1.0, 'high_freq_factor': 4.0, 'original_max_position_embeddings': 64},
+    {'rope_type': 'proportional', 'partial_rotary_factor': 0.5, 'factor': 2.0},
+], ids=['default', 'linear', 'dynamic', 'yarn', 'yarn-mscale', 'longrope', 'llama3', 'proportional'])
+def test_llama_module_every_type(params, form):
+    "Llama with every rope type, given as transformers 4's `rope_scaling` + `rope_theta`, 5's `rope_parameters`, or the object."
+    old = {'model_type': 'llama', 'hidden_size': 64, 'num_attention_heads': 4, 'head_dim': 16, 'max_position_embeddings': 256,
+           'rope_theta': 5e5, 'rope_scaling': params and dict(params)}
+    cfg = LlamaConfig(**{k: v for k, v in old.items() if k != 'model_type'})
+    new = cfg.to_dict()
+    assert 'rope_scaling' not in new and new['rope_parameters']['rope_theta'] == 5e5   # transformers 5 moved both
+    given = {'rope_scaling': old, 'rope_parameters': new, 'object': cfg}[form]
+    kw, pe = check_against_module(cfg, starts=(0, 300), config_forms=[given])
+    assert kw['base'] == 5e5 and kw['max_position_embeddings'] == 256
+
+
+def test_qwen2_module():
+    from transformers import Qwen2Config
+    cfg = Qwen2Config(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, rope_theta=1e6, max_position_embeddings=128,
+                      rope_scaling={'type': 'yarn', 'factor': 4.0, 'original_max_position_embeddings': 32})
+    kw, _ = check_against_module(cfg, starts=(0, 100))
+    assert kw['rotary_dim'] == 16 and kw['scaling']['rope_type'] == 'yarn'
+
+
+def test_gpt_neox_partial_rotary():
+    "GPT-NeoX rotates the first partial_rotary_factor of each head; its transformers-4 names were rotary_pct, rotary_emb_base."
+    from transformers import GPTNeoXConfig
+    old = {'model_type': 'gpt_neox', 'hidden_size': 128, 'num_attention_heads': 4, 'max_position_embeddings': 256,
+           'rotary_pct': 0.25, 'rotary_emb_base': 10000}
+    cfg = GPTNeoXConfig(hidden_size=128, num_attention_heads=4, max_position_embeddings=256, intermediate_size=64,
+                        rotary_pct=0.25, rotary_emb_base=10000)
+    kw, _ = check_against_module(cfg, starts=(0, 200), config_forms=[old, cfg.to_dict()])
+    assert kw['rotary_dim'] == 8
+    # config.json without rotary_pct: GPTNeoXConfig's default is 0.25, not 1
+    assert rope_config_kwargs({k: v for k, v in old.items() if k != 'rotary_pct'})['rotary_dim'] == 8
+
+
+def test_phi3_longrope_module():
+    "Phi-3: LongRoPE, partial rotation and a top-level original_max_position_embeddings; short and long factors."
+    from transformers import Phi3Config
+    half = 8
+    cfg = Phi3Config(hidden_size=128, num_attention_heads=4, partial_rotary_factor=0.5, max_position_embeddings=512,
+                     original_max_position_embeddings=64, intermediate_size=64,
+                     rope_scaling={'type': 'longrope', 'short_factor': [1.0 + 0.1 * k for k in range(half)],
+                                   'long_factor': [2.0 + k for k in range(half)]})
+    kw, pe = check_against_module(cfg, starts=(0,))                     # below L0: short factors
+    assert kw['rotary_dim'] == 16 and kw['scaling']['original_max_position_embeddings'] == 64
+    check_against_module(cfg, starts=(100,))                           # past L0: long factors (fresh HF module)
+
+
+def _gemma3(**kw):
+    from transformers import Gemma3TextConfig
+    return Gemma3TextConfig(hidden_size=64, num_attention_heads=2, num_key_value_heads=1, head_dim=32, intermediate_size=64,
+                            num_hidden_layers=6, vocab_size=64, max_position_embeddings=512, **kw)
+
+
+@pytest.mark.parametrize('layer_type', ['full_attention', 'sliding_attention'])
+def test_gemma3_per_layer_type(layer_type):
+    "Gemma 3: global layers at base 1e6 with linear scaling, local ones at 1e4; old and new config forms."
+    legacy = {'model_type': 'gemma3_text', 'hidden_size': 64, 'num_attention_heads': 2, 'head_dim': 32, 'max_position_embeddings': 512,
+              'num_hidden_layers': 6, 'rope_theta': 1e6, 'rope_local_base_freq': 1e4, 'rope_scaling': {'rope_type': 'linear', 'factor': 8.0}}
+    cfg = _gemma3(rope_theta=1e6, rope_local_base_freq=1e4, rope_scaling={'rope_type': 'linear', 'factor': 8.0})
+    assert set(cfg.rope_parameters) == {'full_attention', 'sliding_attention'}
+    kw, _ = check_against_module(cfg, layer_type, starts=(0, 400), config_forms=[legacy, cfg.to_dict(), {'text_config': cfg.to_dict()}])
+    if layer_type == 'full_attention': assert kw['base'] == 1e6 and kw['scaling'] == {'rope_type': 'linear', 'factor': 8.0}
+    else: assert kw['base'] == 1e4 and kw['scaling'] is None
+    # the same via a layer index (layer 5 is global, 0 local) and via rope_frequencies(layer_type=)
+    assert rope_config_kwargs(cfg, layer_type=5 if layer_type == 'full_attention' else 0) == kw
+    inv, _ = rope_frequencies(32, scaling=cfg.rope_parameters, layer_type=layer_type)
+    assert torch.equal(inv, _freqs(kw)[0])
+
+
+def test_gemma3_new_form_rope_parameters():
+    "transformers 5's nested form, with rope_theta inside each layer type's dict."
+    p = {'full_attention': {'rope_type': 'yarn', 'factor': 4.0, 'original_max_position_embeddings': 128, 'rope_theta': 1e6},
+         'sliding_attention': {'rope_type': 'default', 'rope_theta': 1e4}}
+    cfg = _gemma3(rope_parameters=p)
+    for lt in p: check_against_module(cfg, lt, starts=(0, 400), config_forms=[cfg.to_dict()])
+
+
+@pytest.mark.parametrize('layer_type', ['full_attention', 'sliding_attention'])
+def test_gemma4_proportional(layer_type):
+    "Gemma 4: p-RoPE (p = 0.25, base 1e6) on global layers with their own head width, plain RoPE on local ones."
+    from transformers import Gemma4TextConfig
+    cfg = Gemma4TextConfig(hidden_size=64, num_attention_heads=2, num_key_value_heads=1, head_dim=16, global_head_dim=32,
+                           num_hidden_layers=3, layer_types=['sliding_attention', 'sliding_attention', 'full_attention'],
+                           intermediate_size=64, vocab_size=64, hidden_size_per_layer_input=8, vocab_size_per_layer_input=64,
+                           max_position_embeddings=512)
+    kw, pe = check_against_module(cfg, layer_type, starts=(0, 300), config_forms=[cfg.to_dict()])
+    if layer_type == 'full_attention':
+        assert kw == dict(rotary_dim=32, base=1e6, max_position_embeddings=512,
+                          scaling={'rope_type': 'proportional', 'partial_rotary_factor': 0.25})
+        assert int((pe.inv_freq > 0).sum()) == 4          # 0.25 * 32 // 2 pairs turn, the other 12 stay still
+    else: assert kw['rotary_dim'] == 16 and kw['base'] == 1e4 and kw['scaling'] is None
+    with pytest.raises(ValueError, match=r"overrides fields per layer \(\['head_dim'\]\); pass `layer_type=`"):
+        rope_config_kwargs(cfg)
+
+
+def test_config_kwargs_errors_and_mrope():
+    nested = {'full_attention': {'rope_type': 'default', 'rope_theta': 1e6}, 'sliding_attention': None}
+    cfg = {'hidden_size': 64, 'num_attention_heads': 2, 'layer_types': ['sliding_attention', 'full_attention'], 'rope_parameters': nested}
+    with pytest.raises(ValueError, match=r"one dict per layer type \['full_attention', 'sliding_attention'\]; pass `layer_type=`"):
+        rope_config_kwargs(cfg)
+    with pytest.raises(ValueError, match="has rope parameters None: its layers use no rotary embedding"):
+        rope_config_kwargs(cfg, layer_type='sliding_attention')
+    with pytest.raises(ValueError, match=r"layer_type 'global' is not among the config's layer_types"):
+        rope_config_kwargs(cfg, layer_type='global')
+    with pytest.raises(ValueError, match="layer index 7 is outside the config's 2 layers"): rope_config_kwargs(cfg, layer_type=7)
+    assert rope_config_kwargs(cfg, layer_type=1)['base'] == 1e6
+    from positional_embeddings_pytorch.rope import RotaryPositionalEmbedding
+    with pytest.raises(ValueError, match=r"holds one dict per layer type .*rope_layer_parameters"):
+        RotaryPositionalEmbedding(32, scaling=nested)
+    with pytest.raises(ValueError, match=r"= int\(16 \* 0.3125\) = 5 is not a positive even number"):
+        rope_config_kwargs({'head_dim': 16, 'partial_rotary_factor': 0.3125})
+    with pytest.raises(ValueError, match=r"rope_type 'linear' does not take the field\(s\) \['beta_fst'\]"):
+        rope_config_kwargs({'head_dim': 16, 'rope_scaling': {'type': 'linear', 'factor': 2.0, 'beta_fst': 3}})
+    # Qwen2-VL: the text config's rotary, and `mrope_section` for MRotaryPositionalEmbedding ('mrope' is 'default')
+    from transformers import Qwen2VLConfig
+    vl = Qwen2VLConfig(text_config={'hidden_size': 64, 'num_attention_heads': 2, 'num_key_value_heads': 1, 'rope_theta': 1e6,
+                                    'rope_scaling': {'type': 'mrope', 'mrope_section': [4, 6, 6]}})
+    kw = rope_config_kwargs(vl)
+    assert kw == dict(rotary_dim=32, base=1e6, scaling=None, max_position_embeddings=vl.get_text_config().max_position_embeddings,
+                      mrope_section=[4, 6, 6])
+
+
+def test_yarn_truncate_in_a_per_layer_dict():
+    "transformers 5.24 reads YaRN's `truncate` from the top level of a nested rope_parameters (none there): it ignores the layer's."
+    p = {'full_attention': {'rope_type': 'yarn', 'factor': 4.0, 'original_max_position_embeddings': 128, 'rope_theta': 1e6,
+                            'truncate': False},
+         'sliding_attention': {'rope_type': 'default', 'rope_theta': 1e4}}
+    cfg = _gemma3(rope_parameters=p)
+    hf = ROPE_INIT_FUNCTIONS['yarn'](cfg, 'cpu', layer_type='full_attention')
+    kw = rope_config_kwargs(cfg, layer_type='full_attention')
+    assert kw['scaling']['truncate'] is False
+    as_truncated = dict(kw, scaling={k: v for k, v in kw['scaling'].items() if k != 'truncate'})
+    assert_same(_freqs(as_truncated), hf, 16 * U * 4)                 # transformers = truncate=True
+    assert not torch.allclose(_freqs(kw)[0], hf[0], rtol=1e-3)        # ours honours the layer's truncate=False

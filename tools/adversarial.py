@@ -23,7 +23,7 @@ from torch import Tensor
 sys.path.append(str(__import__("pathlib").Path(__file__).resolve().parents[1]))  # after PYTHONPATH: an installed or given package wins
 from positional_embeddings_pytorch import add_special_tokens, Transformer
 from positional_embeddings_pytorch.cli import scheme_classes, select_examples
-from positional_embeddings_pytorch.testing import supported_backends
+from positional_embeddings_pytorch.testing import supported_backends, _self_data
 
 warnings.filterwarnings('ignore', message='.*flex_attention called without torch.compile')
 TOL = {torch.float64: 1e-8, torch.float32: 2e-4}
@@ -39,19 +39,22 @@ def prepared(pe, dtype, seed=0):
 
 # ---- the independent reference ---------------------------------------------------------------------------------
 
-def pair_logits(pe, q, k, pq, pk)->Tensor:
-    "`[b, h, n, m]` float64 logits, one `(query, key)` pair per call (one query per call for a scheme that is not `pair_local`)."
+def pair_logits(pe, q, k, pq, pk, dq=None, dk=None)->Tensor:
+    """`[b, h, n, m]` float64 logits, one `(query, key)` pair per call (one query per call for a scheme that is not `pair_local`);
+    a data-dependent scheme gets each pair's slice of the data `dq` `[b, h, n]`, `dk` `[b, h, m]` computed once for the whole sequence."""
     b, h, n, e = q.shape
     m = k.shape[2]
     pq, pk = pq.expand(b, n).long() if not pq.is_floating_point() else pq.expand(b, n), pk.expand(b, m).long() if not pk.is_floating_point() else pk.expand(b, m)
     out = torch.empty(b, h, n, m, dtype=torch.float64)
+    if dq is not None: dq, dk = dq.expand(b, -1, n), dk.expand(b, -1, m)
+    dat = lambda bi, i, j: {} if dq is None else dict(data_q=dq[bi:bi + 1, :, i:i + 1], data_k=dk[bi:bi + 1, :, j])
     dynamic = getattr(pe, 'dynamic', False)
     if dynamic:   # length-dependent frequencies: the length of the whole call, as the batched path uses
         L = int(max(pq.clamp_min(0).max(), pk.clamp_min(0).max())) + 1
     for bi in range(b):
         for i in range(n):
             if not getattr(pe, 'pair_local', True):   # a term that reads the other keys (CoPE's counts): one query, all keys
-                out[bi, :, i, :] = pe.forward_attn(q[bi:bi + 1, :, i:i + 1], k[bi:bi + 1], pq[bi, i:i + 1], pk[bi])[0, :, 0].double()
+                out[bi, :, i, :] = pe.forward_attn(q[bi:bi + 1, :, i:i + 1], k[bi:bi + 1], pq[bi, i:i + 1], pk[bi], **dat(bi, i, slice(None)))[0, :, 0].double()
                 continue
             for j in range(m):
                 qi, kj = q[bi:bi + 1, :, i:i + 1], k[bi:bi + 1, :, j:j + 1]
@@ -59,12 +62,22 @@ def pair_logits(pe, q, k, pq, pk)->Tensor:
                     rq = pe.rotate(qi, pq[bi, i:i + 1], kind='q', seq_len=L)
                     rk = pe.rotate(kj, pk[bi, j:j + 1], kind='k', seq_len=L)
                     val = (rq @ rk.transpose(-1, -2)) * pe.logit_scale(e)
-                else: val = pe.forward_attn(qi, kj, pq[bi, i:i + 1], pk[bi, j:j + 1])
+                else: val = pe.forward_attn(qi, kj, pq[bi, i:i + 1], pk[bi, j:j + 1], **dat(bi, i, slice(j, j + 1)))
                 out[bi, :, i, j] = val[0, :, 0, 0].double()
     return out
 
-def loop_attention(logits, v, pq, pk, causal, mask)->Tensor:
-    "softmax over the visible keys of each row, in float64; a row that sees no key gives zeros."
+def value_vectors(pe):
+    "Schemes with a term in the output (Shaw et al.'s relative values): `(i, j) -> [h, e]` for a pair of positions, else None."
+    t = getattr(pe, 'relative_values', None)
+    if t is None: return None
+    t, c = t.detach().double(), pe.max_distance
+    def pair(i, j):   # w^V at clip(j - i, k); a pair with a special token (negative position) gets none
+        if i < 0 or j < 0: return torch.zeros(t.shape[-1], dtype=torch.float64)
+        return t[..., max(-c, min(c, int(j) - int(i))) + c, :]
+    return pair
+
+def loop_attention(logits, v, pq, pk, causal, mask, values=None)->Tensor:
+    "softmax over the visible keys of each row, in float64; a row that sees no key gives zeros; plus `values(i, j)` if given."
     b, h, n, m = logits.shape
     pq, pk = pq.expand(b, n).double(), pk.expand(b, m).double()
     if mask is not None: mask = mask.expand(b, h, n, m)
@@ -82,6 +95,11 @@ def loop_attention(logits, v, pq, pk, causal, mask)->Tensor:
                 if not vis.any(): continue
                 w = torch.exp(row[vis] - row[vis].max())
                 out[bi, hi, i] = (w / w.sum()) @ v[bi, hi, vis].double()
+                if values is not None:
+                    p, keys = w / w.sum(), vis.nonzero()[:, 0]
+                    for pj, j in zip(p, keys):
+                        a = values(int(pq[bi, i]), int(pk[bi, j]))
+                        out[bi, hi, i] += pj * (a if a.ndim == 1 else a[hi])
     return out
 
 # ---- cases -----------------------------------------------------------------------------------------------------
@@ -150,20 +168,22 @@ def run_valid(variant, pe0, T, quick, h=4, d=32, log=print):
     dtypes = (torch.float64,) if quick else (torch.float64, torch.float32)
     for label, c in cases:
         past = label == 'offset past the table'
-        try: want_logits = None if past else pair_logits(p64, c['q'], c['k'], c['pq'], c['pk'])
+        data = lambda s, q, k: dict(zip(('data_q', 'data_k'), _self_data(s, q, k, c['pq'], c['pk']))) if s.needs_data else {}
+        try: want_logits = None if past else pair_logits(p64, c['q'], c['k'], c['pq'], c['pk'], *data(p64, c['q'], c['k']).values())
         except Exception as ex:
             T.cases += 1; T.errors.append(f"{variant} / {label} / pair loop: {type(ex).__name__}: {str(ex)[:120]}"); continue
-        want = None if past else loop_attention(want_logits, c['v'], c['pq'], c['pk'], c['causal'], c['mask'])
+        want = None if past else loop_attention(want_logits, c['v'], c['pq'], c['pk'], c['causal'], c['mask'], value_vectors(p64))
         for dt in dtypes:
             pe = p64 if dt == torch.float64 else prepared(pe0, dt)
             q, k, v = (c[t].to(dt) for t in 'qkv')
+            kw = data(pe, q, k) if not past else {}
             mask = c['mask'] if c['mask'] is None or c['mask'].dtype == torch.bool else c['mask'].to(dt)
             for be in supported_backends(pe) + ['forward_attn']:
                 T.cases += 1
                 tag = f"{variant} / {label} / {str(dt)[6:]} / {be}"
                 try:
-                    if be == 'forward_attn': got, ref = pe.forward_attn(q, k, c['pq'], c['pk']), want_logits
-                    else: got, ref = pe.attention(q, k, v, c['pq'], c['pk'], causal=c['causal'], attn_mask=mask, backend=be), want
+                    if be == 'forward_attn': got, ref = pe.forward_attn(q, k, c['pq'], c['pk'], **kw), want_logits
+                    else: got, ref = pe.attention(q, k, v, c['pq'], c['pk'], causal=c['causal'], attn_mask=mask, backend=be, **kw), want
                 except ValueError as ex:
                     if past and 'max_positions' in str(ex) and '`positions_' in str(ex): T.refused += 1; continue
                     T.errors.append(f"{tag}: ValueError: {str(ex)[:150]}"); continue
