@@ -345,7 +345,7 @@ class RotaryPositionalEmbedding(PositionalEmbedding):
             'partial': cls(max(2, e // 4 * 2)),
             'xpos': cls(e, xpos=True),
             'learned_freq': cls(e, learned_freq=True),
-            'learned-per-head': cls(e, learned_freq=True, num_heads=num_heads),
+            'learned_freq-per-head': cls(e, learned_freq=True, num_heads=num_heads),
             'linear': cls(e, scaling={'rope_type': 'linear', 'factor': 2.0}),
             'dynamic': cls(e, scaling={'rope_type': 'dynamic', 'factor': 2.0}, max_position_embeddings=L0),
             'yarn': cls(e, scaling={'rope_type': 'yarn', 'factor': 4.0, 'original_max_position_embeddings': L0}),
