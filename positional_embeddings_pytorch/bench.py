@@ -201,7 +201,8 @@ def memory_cell(scheme:str, path:str, L:int, h:int=1, e:int=64,
             def fn(): return pe.attention(q, k, v, pos, pos, causal=True, backend='sdpa', **_scheme_data(pe, q, k, pos))
         elif path == 'flex':
             if not pe.flex_ready: raise ValueError(f"{scheme} has no position-only bias: no flex path")
-            comp = torch.compile(lambda q, k, v: pe.attention(q, k, v, pos, pos, causal=True, backend='flex', **_scheme_data(pe, q, k, pos)))
+            kw = _scheme_data(pe, q, k, pos)   # outside the graph: Inductor's CPU flex_attention cannot read data computed inside it
+            comp = torch.compile(lambda q, k, v: pe.attention(q, k, v, pos, pos, causal=True, backend='flex', **kw))
             def fn(): return comp(q, k, v)
         elif path == 'train':
             qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))

@@ -617,7 +617,10 @@ class PositionalEmbedding(nn.Module):
         if not self.flex_ready or _flex() is None: return 'sdpa'
         compiling = torch.compiler.is_compiling()
         trainable = torch.is_grad_enabled() and q.requires_grad
-        return 'flex' if compiling and (q.device.type == 'cuda' or not trainable) else 'sdpa'
+        # on the CPU, Inductor cannot lower flex_attention whose score_mod reads data computed in the same graph
+        # (FoX's gates: NoValidChoicesError in torch 2.13), so a data-dependent scheme keeps the sdpa path there
+        cpu_ok = not trainable and not self.needs_data
+        return 'flex' if compiling and (q.device.type == 'cuda' or cpu_ok) else 'sdpa'
 
     def _sdpa_attention(self, q, k, v, pq, pk, causal, attn_mask, default_positions=False, dq=None, dk=None):
         e, n, m = q.shape[-1], q.shape[2], k.shape[2]

@@ -160,3 +160,14 @@ def test_suite():
     for nm, ex in ForgettingPositionalEmbedding.examples(16, 4).items():
         r = check_scheme(ex, d_model=16, compile=False, name=nm)
         assert r.ok, r.to_markdown()
+
+def test_compiled_model_on_cpu_equals_eager():
+    """torch.compile of a FoX model in inference: on the CPU, `auto` used to pick FlexAttention, whose Inductor lowering fails
+    when the score_mod reads data computed in the same graph (NoValidChoicesError); it now keeps the sdpa path there."""
+    import warnings
+    torch.manual_seed(0)
+    m = Transformer(50, 32, 4, 2, [ForgettingPositionalEmbedding(32, 4) for _ in range(2)]).eval()
+    t = torch.randint(0, 50, (1, 24))
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        torch.testing.assert_close(torch.compile(m)(t), m(t), rtol=1e-5, atol=1e-5)
