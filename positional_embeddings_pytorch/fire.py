@@ -105,7 +105,17 @@ class FirePositionalEmbedding(DistanceEmbedding):
     def dense_bias(self, positions_q:Tensor, positions_k:Tensor)->Tensor:
         "Bias `[1|b, h, n, m]`: by the distance engine when every query is at or below the threshold, else per pair."
         if self._below_threshold(positions_q): return super().dense_bias(positions_q, positions_k)
-        return self.fire_mlp(fire_inputs(positions_q, positions_k, self.c, self.threshold, self._consts[1])).movedim(-1, 1)
+        return self._mlp_rows(fire_inputs(positions_q, positions_k, self.c, self.threshold, self._consts[1])).movedim(-1, 1)
+
+    def _mlp_rows(self, u:Tensor)->Tensor: # `[1|b, n, m]` -> `[1|b, n, m, h]`
+        "`fire_mlp` a block of query rows at a time, each block's hidden layer recomputed in the backward pass: O(n m h) memory, not O(n m W)."
+        rows = max(1, (1 << 22) // max(1, u.shape[-1] * self.mlp_width))   # about 4M hidden values (16 MB in float32) per block
+        if u.shape[-2] <= rows: return self.fire_mlp(u)
+        mlp = self.fire_mlp
+        if torch.is_grad_enabled():   # keep only each block's input for the backward pass, not its [rows, m, W] hidden layer
+            from torch.utils.checkpoint import checkpoint
+            mlp = lambda t: checkpoint(self.fire_mlp, t, use_reentrant=False)
+        return torch.cat([mlp(blk) for blk in u.split(rows, dim=-2)], dim=-3)
 
     def _below_threshold(self, pq:Tensor)->bool:
         "Eager, integer positions, more than a decode step, and every query `<= L` (one host read, as the engine's gather makes)."

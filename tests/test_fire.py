@@ -134,3 +134,20 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match='has 6 positions but there are 5 tokens'): pe.forward_attn(q, q, torch.arange(6))
     with pytest.raises(ValueError, match=r'`positions_q` must be \[n\] or \[1\|b, n\], got \[1, 1, 3\]'):
         fire_inputs(torch.zeros(1, 1, 3), torch.arange(3), torch.tensor(0.1), torch.tensor(8.))
+
+def test_past_threshold_rows_in_blocks_equal_one_pass():
+    "Past the threshold the MLP runs a block of query rows at a time (checkpointed): same values and gradients as one pass."
+    torch.manual_seed(0)
+    pe = FirePositionalEmbedding(2, init_L=8.).double()
+    n = 700                                   # more rows than one block holds at m = 700, W = 32
+    assert pe._mlp_rows.__func__ is FirePositionalEmbedding._mlp_rows and n > (1 << 22) // (n * pe.mlp_width)
+    pos = torch.arange(n)
+    q, k, v = (torch.randn(1, 2, n, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    one = FirePositionalEmbedding(2, init_L=8.).double(); one.load_state_dict(pe.state_dict())
+    one._mlp_rows = one.fire_mlp              # the whole [n, m, W] hidden layer at once
+    outs, grads = [], []
+    for s in (pe, one):
+        out = s.attention(q, k, v, pos, pos, causal=True, backend='reference')
+        outs.append(out); grads.append(torch.autograd.grad(out.square().sum(), [q, k, *s.parameters()]))
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-12, atol=1e-12)
+    for a, b in zip(*grads): torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
