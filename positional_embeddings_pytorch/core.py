@@ -546,8 +546,8 @@ class PositionalEmbedding(nn.Module):
     def _positional_logits(self, q, k, pq, pk, dq=None, dk=None)->Optional[Tensor]:
         "Sum of the position-only bias and the content-dependent positional logits (a fresh tensor)."
         out = self._bias(pq, pk, dq, dk) if self.has_bias else None
-        if self.has_qk_bias:
-            t = self.qk_bias(q, k, self._plain(pq), self._plain(pk), **self._data_kw(dq, dk))
+        if self.has_qk_bias:   # the hook sees one key head per query head; only it reads `k`, so only it pays the repeat
+            t = self.qk_bias(q, repeat_kv(k, q.shape[1]), self._plain(pq), self._plain(pk), **self._data_kw(dq, dk))
             if not self.handles_special: t = reset_special(t, pq, pk, self.special_reset, inplace=True)
             out = t if out is None else out + t
         return out
@@ -576,7 +576,7 @@ class PositionalEmbedding(nn.Module):
             return (q @ repeat_kv(k, h).transpose(-1, -2)) * self.logit_scale(q.shape[-1])
         qt, kt = self.transform_qk(q, k, self._plain(pq), self._plain(pk))
         logits = (qt @ repeat_kv(kt, h).transpose(-1, -2)) * self.logit_scale(q.shape[-1])
-        pos = self._positional_logits(q, repeat_kv(k, h), pq, pk, dq, dk)   # the hooks see one key head per query head
+        pos = self._positional_logits(q, k, pq, pk, dq, dk)
         return logits if pos is None else logits + pos.to(logits.dtype)
 
     def attention(self,
@@ -626,7 +626,7 @@ class PositionalEmbedding(nn.Module):
         e, n, m = q.shape[-1], q.shape[2], k.shape[2]
         gqa = {'enable_gqa': True} if k.shape[1] != q.shape[1] else {}   # SDPA reads each key/value head for its group
         qt, kt = self.transform_qk(q, k, self._plain(pq), self._plain(pk))
-        pos = self._positional_logits(q, repeat_kv(k, q.shape[1]), pq, pk, dq, dk)
+        pos = self._positional_logits(q, k, pq, pk, dq, dk)
         scale = self.logit_scale(e)
         # the ordinary self-attention layout: keys at consecutive positions ending with the queries'
         aligned = causal and attn_mask is None and n == m and (default_positions or _aligned(pq, pk))
