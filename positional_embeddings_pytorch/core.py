@@ -6,8 +6,8 @@
 __all__ = ['DECODE_QUERIES', 'check_positions', 'check_position_range', 'check_positive_int', 'is_special', 'add_special_tokens',
            'is_decode_step', 'special_rule', 'reset_special', 'check_qkv', 'repeat_kv', 'causal_rule', 'causal_mask',
            'check_attn_mask', 'attention_mask', 'resolve_device', 'masked_softmax', 'reference_attention',
-           'flash_bias_attention', 'precise_dtype', 'PositionalEmbedding', 'check_data', 'segment_starts',
-           'segmented_cumsum', 'NoPositionalEmbedding']
+           'flush_denormals', 'flash_bias_attention', 'banded_bias_attention', 'precise_dtype', 'PositionalEmbedding',
+           'check_data', 'segment_starts', 'segmented_cumsum', 'NoPositionalEmbedding']
 
 # %% ../nbs/00_core.ipynb #461b04f5
 import math, torch
@@ -276,6 +276,37 @@ def _overrides(obj, name:str)->bool:
 
 # %% ../nbs/00_core.ipynb #2e9c2b5e
 #| code-fold: true
+_DENORMAL, _ONE = 1e-310, 1.   # a float64 denormal, and a factor the compiler cannot fold
+_OMP = {}
+
+def _set_flush_denormal_everywhere(on:bool):
+    "`torch.set_flush_denormal(on)` in this thread and in every OpenMP worker thread of its team (where torch runs on libgomp; else this thread only)."
+    if 'run' not in _OMP:   # the flag is per thread, and the flash kernel's work is shared with the pool's threads
+        import ctypes, os
+        _OMP['run'] = None
+        try:
+            with open('/proc/self/maps') as f: lib = next((l.split()[-1] for l in f if 'libgomp' in l and l.rstrip().endswith(('.so', '.so.1'))), None)
+        except OSError: lib = None
+        if lib is not None and os.path.exists(lib):
+            gomp = ctypes.CDLL(lib)   # the copy torch loaded: the same thread pool
+            cb = ctypes.CFUNCTYPE(None, ctypes.c_void_p)(lambda _: torch.set_flush_denormal(_OMP['on']))
+            _OMP['run'] = lambda: gomp.GOMP_parallel(cb, None, ctypes.c_uint(torch.get_num_threads()), ctypes.c_uint(0))
+    _OMP['on'] = on
+    torch.set_flush_denormal(on)
+    if _OMP['run'] is not None and torch.get_num_threads() > 1: _OMP['run']()
+
+class flush_denormals:
+    "Context: float32 values below 1.2e-38 are read and written as zero (x86 FTZ/DAZ) inside, in every CPU thread; the caller's setting restored after."
+    def __enter__(self):
+        self.was = _DENORMAL * _ONE == 0.   # the thread's flag, read without a tensor: a denormal that reads as zero means it is on
+        if not self.was: _set_flush_denormal_everywhere(True)
+    def __exit__(self, *exc):
+        if not self.was: _set_flush_denormal_everywhere(False)
+
+def _probabilities_(s:Tensor)->Tensor:
+    "`exp_` of log-probabilities in place, with those below `e^-87` (under float32's normal range) exactly 0: an exponent that underflows takes a slow path on the CPU (100x)."
+    return F.threshold_(s.clamp_(min=-87.).exp_(), 1.7e-38, 0.)
+
 def _sum_to(t:Tensor, shape:tuple)->Tensor:
     "Sum `t` over the dims where `shape` has 1 and `t` does not (the gradient of a broadcast)."
     dims = [i for i, (a, s) in enumerate(zip(shape, t.shape)) if a == 1 and s != 1]
@@ -304,7 +335,7 @@ def _bias_grad(go, q, k, v, bias, out, lse, scale:float, causal:bool, block:Opti
         s3 = s.view(b * h, r, c1)
         s3.baddbmm_(q[:, :, r0:r1].reshape(b * h, r, e), kt[..., :c1], alpha=scale)   # S − lse
         if causal: s3[:, :, r0:r1].masked_fill_(hide[:r, :r], float('-inf'))
-        p = s3.exp_()
+        p = _probabilities_(s3)
         p.mul_(torch.baddbmm(D[:, r0:r1], go[:, :, r0:r1].reshape(b * h, r, e), vt[..., :c1], beta=-1))   # P ⊙ (dP − D)
         if not direct: grad[..., r0:r1, :c1] = _sum_to(s, grad.shape[:2] + (r, c1))
     return grad.to(bias.dtype)
@@ -313,7 +344,7 @@ class _FlashBias(torch.autograd.Function):
     "CPU flash attention with an additive bias that may need a gradient (`F.scaled_dot_product_attention` takes its math kernel then)."
     @staticmethod
     def forward(ctx, q, k, v, bias, scale, causal):
-        out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, attn_mask=bias, scale=scale)
+        with flush_denormals(): out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(q, k, v, 0.0, causal, attn_mask=bias, scale=scale)
         ctx.save_for_backward(q, k, v, bias, out, lse)
         ctx.scale, ctx.causal = scale, causal
         return out
@@ -322,6 +353,10 @@ class _FlashBias(torch.autograd.Function):
     def backward(ctx, go):
         q, k, v, bias, out, lse = ctx.saved_tensors
         go = go.contiguous()
+        with flush_denormals(): return _FlashBias._backward(ctx, go, q, k, v, bias, out, lse)
+
+    @staticmethod
+    def _backward(ctx, go, q, k, v, bias, out, lse):
         dq = dk = dv = db = None
         if any(ctx.needs_input_grad[:3]):   # q, k, v: the flash kernel's own backward, which skips the hidden tiles too
             dq, dk, dv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
@@ -341,6 +376,112 @@ def flash_bias_attention(q:Tensor, # `[b, h, n, e]`
     from torch.nn.attention import SDPBackend
     if torch._fused_sdp_choice(q, k, v, bias.detach(), 0.0, causal, scale=scale) != SDPBackend.FLASH_ATTENTION.value: return None
     return _FlashBias.apply(q, k, v, bias, scale, causal)
+
+
+# %% ../nbs/00_core.ipynb #86cd8080
+#| code-fold: true
+def _hankel(band:Tensor, r0:int, r1:int, c:int, n:int)->Tensor:
+    "Rows `r1-1, ..., r0` of the Toeplitz bias `band[:, n-1+j-a]` over keys `:c`, as a view of `band`: row `t` is `band[:, n-r1+t : n-r1+t+c]`."
+    hb, U = band.shape
+    return band.as_strided((1, hb, r1 - r0, c), (0, U, 1, 1), band.storage_offset() + n - r1)
+
+def _banded_block(band, aq, ak, r0, r1, c, n, dtype)->Tensor:
+    "The bias of query rows `r1-1, ..., r0` (reversed) and keys `:c` in `dtype`: the band's view itself, or the low-rank product (float32 at least) plus it."
+    if aq is None: return _hankel(band, r0, r1, c, n)
+    lo = aq[:, :, r0:r1].flip(2) @ ak[:, :, :c].transpose(-1, -2)
+    if band is not None: lo = lo + _hankel(band, r0, r1, c, n)
+    return lo.to(dtype)
+
+class _BandedBias(torch.autograd.Function):
+    "Attention with the bias `band[:, n-1+j-a] + a_q,a · a_k,j`, one block of query rows at a time on the CPU flash kernel: no `n x m` tensor."
+    @staticmethod
+    def forward(ctx, q, k, v, band, aq, ak, scale, causal, block):
+        b, h, n, e = q.shape
+        m = k.shape[2]
+        out = q.new_empty(b, h, n, v.shape[-1])
+        lse = None
+        with torch.no_grad(), flush_denormals():
+            for r0 in range(0, n, block):   # rows reversed inside a block: then each row's band window is a view
+                r1 = min(n, r0 + block); c = m - n + r1 if causal else m   # causal: keys past the block's last query are hidden
+                o, l = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+                    q[:, :, r0:r1].flip(2), k[:, :, :c], v[:, :, :c], 0.0, False, attn_mask=_banded_block(band, aq, ak, r0, r1, c, n, q.dtype), scale=scale)
+                if lse is None: lse = l.new_empty(b, h, n)
+                out[:, :, r0:r1] = o.flip(2); lse[:, :, r0:r1] = l.flip(2)
+        ctx.save_for_backward(q, k, v, band, aq, ak, out, lse)
+        ctx.scale, ctx.causal, ctx.block = scale, causal, block
+        return out
+
+    @staticmethod
+    def backward(ctx, go):
+        q, k, v, band, aq, ak, out, lse = ctx.saved_tensors
+        scale, causal, block = ctx.scale, ctx.causal, ctx.block
+        b, h, n, e = q.shape
+        m = k.shape[2]
+        need = ctx.needs_input_grad
+        ct = torch.promote_types(q.dtype, torch.float32)   # bf16/fp16 inputs: the gradient's arithmetic in float32
+        dq, dk, dv = (torch.zeros_like(t) if any(need[:3]) else None for t in (q, k, v))
+        dband = band.new_zeros(b * h, band.shape[1], dtype=ct) if need[3] else None
+        daq = aq.new_zeros(b, h, n, aq.shape[-1], dtype=ct) if need[4] else None
+        dak = ak.new_zeros(b, h, m, ak.shape[-1], dtype=ct) if need[5] else None
+        D = (go.to(ct) * out.to(ct)).sum(-1, keepdim=True) if any(need[3:6]) else None   # rowsum(dO ⊙ O)
+        with torch.no_grad(), flush_denormals():
+            rows = lambda r0, r1: (*(t[:, :, r0:r1].flip(2) for t in (q, go, out, lse)), m - n + r1 if causal else m)
+            for r0 in range(0, n, block) if any(need[:3]) else ():   # the flash kernel's own backward for q, k and v
+                r1 = min(n, r0 + block)
+                qb, gb, ob, lb, c = rows(r0, r1)
+                a_, k_, v_ = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+                    gb.contiguous(), qb, k[:, :, :c], v[:, :, :c], ob, lb, 0.0, False, attn_mask=_banded_block(band, aq, ak, r0, r1, c, n, q.dtype), scale=scale)
+                dq[:, :, r0:r1] = a_.flip(2); dk[:, :, :c] += k_; dv[:, :, :c] += v_
+            # ∂loss/∂bias = P ⊙ (dP − D), recomputed in smaller blocks (about 512K scores of workspace), each in a skewed
+            # buffer: reversed row t and key j at column t + j, so that a band distance is a column, its gradient a column sum
+            gblock = min(block, max(16, (1 << 19) // max(1, b * h * m)))
+            for r0 in range(0, n, gblock) if D is not None else ():
+                r1 = min(n, r0 + gblock); r = r1 - r0
+                qb, gb, ob, lb, c = rows(r0, r1)
+                kb, vb = k[:, :, :c], v[:, :, :c]
+                W = r + c - 1
+                skew = q.new_zeros(b * h, r, W, dtype=ct)
+                ds = skew.as_strided((b, h, r, c), (h * r * W, r * W, W + 1, 1))
+                ds.copy_(_banded_block(band, aq, ak, r0, r1, c, n, q.dtype)).sub_(lb.to(ct)[..., None])
+                s = skew.as_strided((b * h, r, c), (r * W, W + 1, 1))
+                s.baddbmm_(qb.reshape(b * h, r, e).to(ct), kb.reshape(b * h, c, e).to(ct).transpose(1, 2), alpha=scale)
+                _probabilities_(s).mul_(torch.baddbmm(D[:, :, r0:r1].flip(2).reshape(b * h, r, 1), gb.reshape(b * h, r, -1).to(ct),
+                                            vb.reshape(b * h, c, -1).to(ct).transpose(1, 2), beta=-1))
+                if dband is not None: dband[:, n - r1 : n - r1 + W] += skew.sum(1)
+                if daq is not None: daq[:, :, r0:r1] = (ds @ ak[:, :, :c].to(ct)).flip(2)
+                if dak is not None: dak[:, :, :c] += ds.transpose(-1, -2) @ aq[:, :, r0:r1].flip(2).to(ct)
+        fit = lambda g, t: None if g is None else _sum_to(g, t.shape).to(t.dtype)
+        if dband is not None: dband = _sum_to(dband.view(b, h, -1).sum(0), band.shape).to(band.dtype)
+        return dq, dk, dv, dband, fit(daq, aq), fit(dak, ak), None, None, None
+
+def banded_bias_attention(q:Tensor, # `[b, h, n, e]`
+                          k:Tensor, # `[b, h, m, e]` (one key head per query head)
+                          v:Tensor, # `[b, h, m, e_v]`
+                          band:Optional[Tensor], # `[1|h, n + m - 1]`: the bias of pair `(a, j)` is `band[:, n - 1 + j - a]`; `-inf` hides
+                          low_rank:Optional[tuple], # `(a_q [1|b, 1|h, n, r], a_k [1|b, 1|h, m, r])`: adds `a_q,a · a_k,j`
+                          scale:float, # logit scale
+                          causal:bool=False, # hide key `j > a + m - n` (the queries are the last `n` keys)
+                          block:Optional[int]=None, # query rows per block; default about 2M scores, `n / 8` rows at most
+                         )->Optional[Tensor]: # `[b, h, n, e_v]`, or `None` where the CPU flash kernel cannot run these inputs
+    "`softmax(scale q kᵀ + bias) v` for a bias given by a band (a value per distance) plus a low-rank term: no `n x m` tensor, forward or backward."
+    if q.device.type != 'cpu' or torch.compiler.is_compiling() or _transforms_active() or (band is None and low_rank is None): return None
+    b, h, n, e = q.shape
+    m = k.shape[2]
+    if band is not None and (band.ndim != 2 or band.shape[-1] != n + m - 1 or band.shape[0] not in (1, h)):
+        raise ValueError(f"`band` is {list(band.shape)}: for {h} heads, {n} queries and {m} keys it must be [1 or {h}, {n + m - 1}]")
+    if causal and n > m: raise ValueError(f"`causal=True` with {n} queries and {m} keys: the queries must be the last of the keys (n <= m)")
+    aq, ak = low_rank if low_rank is not None else (None, None)
+    if causal:   # the pairs `j > a + m - n` are the band's columns from `m` on: -inf there hides them
+        band = q.new_zeros(1, n + m - 1) if band is None else band.clone()
+        band[:, m:] = float('-inf')
+    ct = torch.promote_types(q.dtype, torch.float32)   # a low-rank term is summed in float32 at least (FoX's c_i - c_j of two large sums)
+    if band is not None: band = band.to(q.dtype if aq is None else ct).contiguous()
+    if aq is not None: aq, ak = aq.to(ct), ak.to(ct)
+    from torch.nn.attention import SDPBackend
+    if torch._fused_sdp_choice(q[:, :, :1], k[:, :, :1], v[:, :, :1], None, 0.0, False, scale=scale) != SDPBackend.FLASH_ATTENTION.value: return None
+    # rows per block: about 2M scores at a time, and an eighth of the rows at most, so the blocks stay small beside `n x m`
+    block = min(n, max(16, block or min((1 << 21) // max(1, b * h * m), n // 8)))
+    return _BandedBias.apply(q, k, v, band, aq, ak, scale, causal, block)
 
 
 # %% ../nbs/00_core.ipynb #d9d15893
@@ -440,6 +581,9 @@ class PositionalEmbedding(nn.Module):
         if not self.has_bias: return None
         h = torch.arange(self.num_heads, device=positions_q.device)[None, :, None, None]
         return self.pair_bias(h, positions_q[:, None, :, None], positions_k[:, None, None, :], **_pair_data(data))
+    def banded_bias(self, positions_q:Tensor, positions_k:Tensor, **data)->Optional[tuple]:
+        "`dense_bias` as `(band [1|h, n + m - 1], low_rank (a_q, a_k) or None)` (see `banded_bias_attention`), or `None` where it has no such form."
+        return None
     def qk_bias(self, q:Tensor, k:Tensor, positions_q:Tensor, positions_k:Tensor)->Optional[Tensor]:
         "Content-dependent positional logits `[b, h, n, m]` (already scaled), or `None`."
         return None
@@ -626,8 +770,11 @@ class PositionalEmbedding(nn.Module):
         e, n, m = q.shape[-1], q.shape[2], k.shape[2]
         gqa = {'enable_gqa': True} if k.shape[1] != q.shape[1] else {}   # SDPA reads each key/value head for its group
         qt, kt = self.transform_qk(q, k, self._plain(pq), self._plain(pk))
-        pos = self._positional_logits(q, k, pq, pk, dq, dk)
         scale = self.logit_scale(e)
+        if not gqa and attn_mask is None:   # a bias with a band or low-rank form: blockwise, no n x m tensor (CPU)
+            out = self._banded_attention(qt, kt, v, pq, pk, causal, scale, default_positions, dq, dk)
+            if out is not None: return out
+        pos = self._positional_logits(q, k, pq, pk, dq, dk)
         # the ordinary self-attention layout: keys at consecutive positions ending with the queries'
         aligned = causal and attn_mask is None and n == m and (default_positions or _aligned(pq, pk))
         if pos is None and attn_mask is None and (not causal or aligned):
@@ -653,6 +800,18 @@ class PositionalEmbedding(nn.Module):
         out = flash_bias_attention(qt, kt, v, mask, scale) if pos is not None and not gqa else None   # CPU: flash even when the bias needs a gradient
         if out is None: out = _sdpa(qt, kt, v, attn_mask=mask, scale=scale, **gqa)
         return out if visible is None else torch.where(visible, out, out.new_zeros(()))
+
+    def _banded_attention(self, q, k, v, pq, pk, causal, scale, default_positions, dq=None, dk=None)->Optional[Tensor]:
+        "`banded_bias_attention` where the scheme gives its bias as a band and low-rank term for these positions; else `None`."
+        n, m = q.shape[2], k.shape[2]
+        if (q.device.type != 'cpu' or not self.has_bias or self.has_qk_bias or is_decode_step(min(n, m))
+                or torch.compiler.is_compiling() or pq.shape[0] != 1 or pk.shape[0] != 1 or not _banded_form_current(self)): return None
+        if not default_positions:   # one host read per prefill: no special token, and the causal rule as `is_causal` needs the layout
+            if bool((pq < 0).any() | (pk < 0).any()) or (causal and not _aligned(pq, pk)): return None
+        elif causal and n != m: return None
+        parts = self.banded_bias(pq, pk, **self._data_kw(dq, dk))
+        if parts is None: return None
+        return banded_bias_attention(q, k, v, parts[0], parts[1], scale, causal)
 
     def _flex_attention(self, q, k, v, pq, pk, causal, attn_mask, dq=None, dk=None):
         fx = _flex()
@@ -729,6 +888,12 @@ class PositionalEmbedding(nn.Module):
     def examples(cls, d_model:int=64, num_heads:int=4)->dict:
         "Named instances that `pe check` and the property suite run (one per variant worth checking)."
         return {}
+
+def _banded_form_current(pe)->bool:
+    "Whether `pe`'s `banded_bias` is defined at or below the class that defines its `dense_bias` (a subclass that changes the bias without it opts out)."
+    mro = type(pe).__mro__
+    at = lambda name: next(c for c in mro if name in c.__dict__)
+    return issubclass(at('banded_bias'), at('dense_bias')) and at('banded_bias') is not PositionalEmbedding
 
 
 # %% ../nbs/00_core.ipynb #a7ad07ce

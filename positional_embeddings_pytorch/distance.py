@@ -113,13 +113,22 @@ class DistanceEmbedding(PositionalEmbedding):
         if not _defines(self, 'distance_bias'): return None
         path, delta = self._path(positions_q, positions_k, bias=True)
         if path == 'shift':   # consecutive positions, one offset: the n + m - 1 distances once, a Toeplitz matrix per head
-            n, m = positions_q.shape[-1], positions_k.shape[-1]
-            band = self.distance_bias(torch.arange(n + m - 1, device=positions_q.device) - (n - 1) - delta)   # [h, n + m - 1]
-            return toeplitz(band, n, m)[None]
+            return toeplitz(self._band(positions_q, positions_k, delta), positions_q.shape[-1], positions_k.shape[-1])[None]
         dist = positions_k[:, None, :] - positions_q[:, :, None]                    # [1|b, n, m]
         values, idx = self._plan(dist, path)
         if values is None: return self.distance_bias(dist).transpose(0, 1)          # per pair
         return self.distance_bias(values)[:, idx].transpose(0, 1)                   # [h, U] gathered
+
+    def banded_bias(self, positions_q:Tensor, positions_k:Tensor)->Optional[tuple]:
+        "On consecutive positions, `(band, None)`: the bias of the `n + m - 1` distances, which `attention` takes without spreading it (`banded_bias_attention`)."
+        if not _defines(self, 'distance_bias') or self.method not in ('auto', 'shift'): return None
+        path, delta = self._path(positions_q, positions_k, bias=True)
+        return (self._band(positions_q, positions_k, delta), None) if path == 'shift' else None
+
+    def _band(self, pq:Tensor, pk:Tensor, delta:Tensor)->Tensor:
+        "`distance_bias` at the `n + m - 1` distances of consecutive positions with offset `delta = i_0 - j_0`, smallest first: `[h, n + m - 1]`."
+        n, m = pq.shape[-1], pk.shape[-1]
+        return self.distance_bias(torch.arange(n + m - 1, device=pq.device) - (n - 1) - delta)
 
     def pair_bias(self, h:Tensor, i:Tensor, j:Tensor)->Optional[Tensor]:
         "`distance_bias(j - i, h)`, elementwise: one score for FlexAttention's `score_mod` (pointwise: no per-head vector is built)."

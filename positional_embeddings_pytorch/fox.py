@@ -70,6 +70,11 @@ class ForgettingPositionalEmbedding(PositionalEmbedding):
                              "compute them with `token_data(x, positions)` (MultiHeadAttention does, and keeps them in its KVCache)")
         return data_q - data_k
 
+    def banded_bias(self, positions_q:Tensor, positions_k:Tensor, data_q:Optional[Tensor]=None, data_k:Optional[Tensor]=None)->Optional[tuple]:
+        "`c_i - c_j` as a product of rank 2, `(c_i, 1) · (1, -c_j)`: attention takes it without an `n x m` tensor (`banded_bias_attention`)."
+        if data_q is None or data_k is None: return None   # the dense path says what is missing
+        return None, (torch.stack([data_q, torch.ones_like(data_q)], -1), torch.stack([torch.ones_like(data_k), -data_k], -1))
+
     def extra_repr(self)->str:
         rest = super().extra_repr()
         return f"d_model={self.d_model}" + (f", {rest}" if rest else '')

@@ -96,6 +96,17 @@ class UnifiedPositionalEmbedding(DistanceEmbedding):
         if rel is None: return out
         return out.add_(rel.to(out.dtype)) if out.shape == torch.broadcast_shapes(out.shape, rel.shape) else out + rel.to(out.dtype)
 
+    def banded_bias(self, positions_q, positions_k):
+        r"Both terms without an `n x m` tensor: the absolute one as the low-rank product $(s\,\bar p_i U^Q)\cdot(\bar p_j U^K)$, the relative one as a band."
+        band = None
+        if self.relative_attention_bias is not None:
+            rel = super().banded_bias(positions_q, positions_k)
+            if rel is None: return None   # not consecutive: the dense path
+            band = rel[0]
+        self._check_range(positions_q, 'positions_q'); self._check_range(positions_k, 'positions_k')
+        Q = self._project(self.pos_q, positions_q) * self.logit_scale(self.head_dim)
+        return band, (Q, self._project(self.pos_k, positions_k))
+
     def pair_bias(self, h, i, j):
         "The same value for one `(head, i, j)`, elementwise (FlexAttention's `score_mod`)."
         P = self.pos_norm(self.pos.weight)

@@ -1,0 +1,135 @@
+"The banded path: a bias given as a band plus a low-rank term, attention by blocks of query rows with no n x m tensor (CPU)."
+from unittest import mock
+import pytest, torch
+from positional_embeddings_pytorch.core import banded_bias_attention, flush_denormals, reference_attention, attention_mask
+from positional_embeddings_pytorch.distance import DistanceEmbedding
+from positional_embeddings_pytorch.t5 import T5PositionalEmbedding
+from positional_embeddings_pytorch.alibi import AlibiPositionalEmbedding
+from positional_embeddings_pytorch.kerple import KerplePositionalEmbedding
+from positional_embeddings_pytorch.sandwich import SandwichPositionalEmbedding
+from positional_embeddings_pytorch.tupe import UnifiedPositionalEmbedding
+from positional_embeddings_pytorch.fire import FirePositionalEmbedding
+
+H, E = 2, 8
+
+def schemes():
+    torch.manual_seed(0)
+    t5 = T5PositionalEmbedding(H, bidirectional=False)
+    with torch.no_grad(): t5.relative_attention_bias.weight.normal_()
+    return {'t5': t5, 't5-enc': T5PositionalEmbedding(H), 'alibi': AlibiPositionalEmbedding(H),
+            'kerple': KerplePositionalEmbedding(H), 'sandwich': SandwichPositionalEmbedding(H, dim=E),
+            'tupe-r': UnifiedPositionalEmbedding(H * E, H, max_positions=320), 'tupe-a': UnifiedPositionalEmbedding(H * E, H, max_positions=320, relative=False)}
+
+def reference(pe, q, k, v, pq, pk, causal):
+    "float64 definition: the logits from `forward_attn`, the causal rule by positions."
+    mask = attention_mask(pq[None], pk[None], (q.shape[0], q.shape[1], q.shape[2], k.shape[2]), causal, None)
+    return reference_attention(pe.forward_attn(q, k, pq, pk), v, mask)
+
+def grads(out, ins, go):
+    "Gradients of every input; one the output does not read (a special-token scalar with no special token) is zeros."
+    return [torch.zeros_like(t) if g is None else g for t, g in zip(ins, torch.autograd.grad(out, ins, go, allow_unused=True))]
+
+@pytest.mark.parametrize('name', list(schemes()))
+@pytest.mark.parametrize('layout', ['self', 'kv-cache', 'offset-encoder'])
+def test_banded_path_equals_reference_values_and_gradients(name, layout):
+    pe = schemes()[name].double()
+    n, m, causal, p0 = {'self': (40, 40, True, 0), 'kv-cache': (24, 40, True, 3), 'offset-encoder': (30, 20, False, 7)}[layout]
+    pk = torch.arange(m) + p0
+    pq = pk[m - n:] if causal else torch.arange(n) + 2   # encoder: queries at another consecutive range
+    torch.manual_seed(1)
+    q, k, v = (torch.randn(2, H, x, E, dtype=torch.float64, requires_grad=True) for x in (n, m, m))
+    params = [p for p in pe.parameters() if p.requires_grad]
+    owner = next(c for c in type(pe).__mro__ if 'dense_bias' in c.__dict__)   # patched where it is defined, so the scheme's form is unchanged
+    with mock.patch.object(owner, 'dense_bias', side_effect=AssertionError('dense path taken')):
+        got = pe.attention(q, k, v, pq, pk, causal=causal, backend='sdpa')   # raises if the dense bias is built
+        go = torch.randn_like(got)
+        g_got = grads(got, [q, k, v, *params], go)
+    want = reference(pe, q, k, v, pq, pk, causal)
+    g_want = grads(want, [q, k, v, *params], go)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    for a, b in zip(g_got, g_want): torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+@pytest.mark.parametrize('name', ['t5', 'alibi', 'tupe-r'])
+def test_banded_path_float32_and_bf16_match_float64(name):
+    pe = schemes()[name]
+    torch.manual_seed(2)
+    q, k, v = torch.randn(3, 1, H, 300, E).unbind(0)
+    want = reference(pe.double(), q.double(), k.double(), v.double(), torch.arange(300), torch.arange(300), True)
+    pe.float()
+    for dt, tol in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
+        got = pe.attention(q.to(dt), k.to(dt), v.to(dt), causal=True, backend='sdpa')
+        assert got.dtype == dt
+        err = (got.double() - want).abs().max() / want.abs().max()
+        assert err < tol, (dt, err.item())
+
+def test_paths_that_need_the_dense_bias_are_not_banded():
+    t5 = schemes()['t5']
+    torch.manual_seed(3)
+    q, k, v = torch.randn(3, 1, H, 12, E).unbind(0)
+    calls = []
+    real = DistanceEmbedding.dense_bias
+    def spy(self, *a, **kw): calls.append(1); return real(self, *a, **kw)
+    with mock.patch.object(DistanceEmbedding, 'dense_bias', spy):
+        t5.attention(q, k, v, torch.arange(12), torch.arange(12), causal=True)                      # banded
+        assert calls == []
+        t5.attention(q, k, v, torch.tensor([-1, *range(11)]), torch.tensor([-1, *range(11)]), causal=True)  # a special token
+        pos = torch.tensor([0, 1, 2, 3, 9, 10, 11, 12, 13, 20, 21, 22])
+        t5.attention(q, k, v, pos, pos, causal=True)                                               # not consecutive
+        t5.attention(q, k, v, causal=True, attn_mask=torch.ones(12, 12, dtype=torch.bool))         # an extra mask
+    assert len(calls) == 3
+    # a subclass that redefines the bias without a banded form opts out (FIRE: its divisor depends on the query)
+    fire = FirePositionalEmbedding(H)
+    with mock.patch('positional_embeddings_pytorch.core.banded_bias_attention', side_effect=AssertionError('banded')):
+        fire.attention(q, k, v, causal=True)
+        class Shifted(T5PositionalEmbedding):
+            def dense_bias(self, pq, pk): return super().dense_bias(pq, pk) + 1.
+        Shifted(H).attention(q, k, v, causal=True)
+
+def test_banded_bias_attention_checks_its_band():
+    q = torch.randn(1, 2, 5, 4)
+    with pytest.raises(ValueError, match=r'\[1 or 2, 9\]'): banded_bias_attention(q, q, q, torch.zeros(2, 5), None, 0.5)
+    with pytest.raises(ValueError, match='n <= m'): banded_bias_attention(q, q[:, :, :3], q[:, :, :3], torch.zeros(2, 7), None, 0.5, causal=True)
+
+@pytest.mark.skipif(not torch.set_flush_denormal(False), reason='this CPU has no flush-to-zero mode')
+def test_flush_denormals_is_scoped_and_restores_the_callers_setting():
+    denormal = lambda: torch.tensor(1e-39).mul(1.).item() == 0.
+    assert not denormal()
+    with flush_denormals():
+        assert denormal()
+        # every thread of the pool flushes, not only this one (torch.set_flush_denormal alone reaches half of this product)
+        assert torch.full((1 << 20,), 1e-39).mul(.5).eq(0).all()
+    assert not denormal() and not torch.full((1 << 20,), 1e-39).mul(.5).eq(0).any()
+    torch.set_flush_denormal(True)
+    try:
+        with flush_denormals(): assert denormal()
+        assert denormal()   # the caller had it on: left on
+    finally: torch.set_flush_denormal(False)
+
+def test_fox_gates_as_a_rank_two_term_equal_the_reference_with_gate_gradients():
+    from positional_embeddings_pytorch.fox import ForgettingPositionalEmbedding
+    torch.manual_seed(4)
+    pe = ForgettingPositionalEmbedding(H * E, H).double()
+    n = 50
+    x = torch.randn(2, n, H * E, dtype=torch.float64)
+    q, k, v = (torch.randn(2, H, n, E, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    pos = torch.arange(n)
+    def run(backend):
+        c = pe.token_data(x, pos[None])
+        return pe.attention(q, k, v, pos, pos, causal=True, data_q=c, data_k=c, backend=backend)
+    ins = [q, k, v, *pe.parameters()]
+    owner = ForgettingPositionalEmbedding.__mro__[1]   # dense_bias lives in the base class
+    with mock.patch.object(owner, 'dense_bias', side_effect=AssertionError('dense path taken')):
+        got = run('sdpa'); go = torch.randn_like(got); g_got = grads(got, ins, go)
+    want = run('reference'); g_want = grads(want, ins, go)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    for a, b in zip(g_got, g_want): torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+    # bf16 queries and keys: the decay c_i - c_j of two long sums is formed in float32, not from bf16 sums
+    pe.float()
+    gates = ForgettingPositionalEmbedding(H * E, H, gate_bias=-1.)   # strong decay: the sums reach about -300 over 1000 tokens
+    xl = torch.randn(1, 1000, H * E)
+    c = gates.token_data(xl, torch.arange(1000)[None])
+    ql, kl, vl = torch.randn(3, 1, H, 1000, E).unbind(0)
+    ref = gates.attention(ql.double(), kl.double(), vl.double(), causal=True, data_q=c.double(), data_k=c.double(), backend='reference')
+    out = gates.attention(ql.bfloat16(), kl.bfloat16(), vl.bfloat16(), causal=True, data_q=c, data_k=c)
+    assert c.min() < -200
+    assert ((out.double() - ref).abs().max() / ref.abs().max()) < 2e-2
