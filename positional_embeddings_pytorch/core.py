@@ -385,17 +385,29 @@ def _hankel(band:Tensor, r0:int, r1:int, c:int, n:int)->Tensor:
     hb, U = band.shape
     return band.as_strided((1, hb, r1 - r0, c), (0, U, 1, 1), band.storage_offset() + n - r1)
 
-def _banded_block(band, aq, ak, r0, r1, c, n, dtype)->Tensor:
-    "The bias of query rows `r1-1, ..., r0` (reversed) and keys `:c` in `dtype`: the band's view itself, or the low-rank product (float32 at least) plus it."
-    if aq is None: return _hankel(band, r0, r1, c, n)
-    lo = aq[:, :, r0:r1].flip(2) @ ak[:, :, :c].transpose(-1, -2)
-    if band is not None: lo = lo + _hankel(band, r0, r1, c, n)
+def _skew(t:Tensor, c:int)->Tensor:
+    "View `t` `[..., r, W]` (contiguous, `W = r + c - 1`) as `[..., r, c]` with row `t` starting at column `t`: entry `(t, j)` is `t[..., t, t + j]`."
+    *lead, r, W = t.shape
+    return t.as_strided((*lead, r, c), (*t.stride()[:-2], W + 1, 1))
+
+def _banded_block(band, aq, ak, qr, R, r0, r1, c, n, dtype)->Tensor:
+    "The bias of query rows `r1-1, ..., r0` (reversed) and keys `:c` in `dtype`: the band's view itself, or, in float32 at least, the low-rank product and the content term plus it."
+    if aq is None and qr is None: return _hankel(band, r0, r1, c, n)
+    lo = None if aq is None else aq[:, :, r0:r1].flip(2) @ ak[:, :, :c].transpose(-1, -2)
+    if qr is not None:   # qr_a · R[n-1+j-a]: the block's rows against its window of distances, then the skew view
+        rel = _skew(qr[:, :, r0:r1].flip(2) @ R[:, n - r1 : n - r1 + (r1 - r0) + c - 1].transpose(-1, -2), c)
+        lo = rel if lo is None else _add(lo, rel)
+    if band is not None: lo = _add(lo, _hankel(band, r0, r1, c, n))
     return lo.to(dtype)
 
+def _add(a:Tensor, b:Tensor)->Tensor:
+    "`a + b`, into `a` where `a` is a fresh contiguous tensor of the result's shape (one `r x c` block alive, not two)."
+    return a.add_(b) if a.is_contiguous() and torch.broadcast_shapes(a.shape, b.shape) == a.shape else a + b
+
 class _BandedBias(torch.autograd.Function):
-    "Attention with the bias `band[:, n-1+j-a] + a_q,a · a_k,j`, one block of query rows at a time on the CPU flash kernel: no `n x m` tensor."
+    "Attention with the bias `band[:, n-1+j-a] + a_q,a · a_k,j + qr_a · R[:, n-1+j-a]`, one block of query rows at a time on the CPU flash kernel: no `n x m` tensor."
     @staticmethod
-    def forward(ctx, q, k, v, band, aq, ak, scale, causal, block):
+    def forward(ctx, q, k, v, band, aq, ak, qr, R, scale, causal, block):
         b, h, n, e = q.shape
         m = k.shape[2]
         out = q.new_empty(b, h, n, v.shape[-1])
@@ -404,16 +416,16 @@ class _BandedBias(torch.autograd.Function):
             for r0 in range(0, n, block):   # rows reversed inside a block: then each row's band window is a view
                 r1 = min(n, r0 + block); c = m - n + r1 if causal else m   # causal: keys past the block's last query are hidden
                 o, l = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-                    q[:, :, r0:r1].flip(2), k[:, :, :c], v[:, :, :c], 0.0, False, attn_mask=_banded_block(band, aq, ak, r0, r1, c, n, q.dtype), scale=scale)
+                    q[:, :, r0:r1].flip(2), k[:, :, :c], v[:, :, :c], 0.0, False, attn_mask=_banded_block(band, aq, ak, qr, R, r0, r1, c, n, q.dtype), scale=scale)
                 if lse is None: lse = l.new_empty(b, h, n)
                 out[:, :, r0:r1] = o.flip(2); lse[:, :, r0:r1] = l.flip(2)
-        ctx.save_for_backward(q, k, v, band, aq, ak, out, lse)
+        ctx.save_for_backward(q, k, v, band, aq, ak, qr, R, out, lse)
         ctx.scale, ctx.causal, ctx.block = scale, causal, block
         return out
 
     @staticmethod
     def backward(ctx, go):
-        q, k, v, band, aq, ak, out, lse = ctx.saved_tensors
+        q, k, v, band, aq, ak, qr, R, out, lse = ctx.saved_tensors
         scale, causal, block = ctx.scale, ctx.causal, ctx.block
         b, h, n, e = q.shape
         m = k.shape[2]
@@ -423,26 +435,28 @@ class _BandedBias(torch.autograd.Function):
         dband = band.new_zeros(b * h, band.shape[1], dtype=ct) if need[3] else None
         daq = aq.new_zeros(b, h, n, aq.shape[-1], dtype=ct) if need[4] else None
         dak = ak.new_zeros(b, h, m, ak.shape[-1], dtype=ct) if need[5] else None
-        D = (go.to(ct) * out.to(ct)).sum(-1, keepdim=True) if any(need[3:6]) else None   # rowsum(dO ⊙ O)
+        dqr = qr.new_zeros(b, h, n, qr.shape[-1], dtype=ct) if need[6] else None
+        dR = R.new_zeros(b, h, R.shape[1], R.shape[-1], dtype=ct) if need[7] else None
+        D = (go.to(ct) * out.to(ct)).sum(-1, keepdim=True) if any(need[3:8]) else None   # rowsum(dO ⊙ O)
         with torch.no_grad(), flush_denormals():
             rows = lambda r0, r1: (*(t[:, :, r0:r1].flip(2) for t in (q, go, out, lse)), m - n + r1 if causal else m)
-            for r0 in range(0, n, block) if any(need[:3]) else ():   # the flash kernel's own backward for q, k and v
-                r1 = min(n, r0 + block)
-                qb, gb, ob, lb, c = rows(r0, r1)
-                a_, k_, v_ = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-                    gb.contiguous(), qb, k[:, :, :c], v[:, :, :c], ob, lb, 0.0, False, attn_mask=_banded_block(band, aq, ak, r0, r1, c, n, q.dtype), scale=scale)
-                dq[:, :, r0:r1] = a_.flip(2); dk[:, :, :c] += k_; dv[:, :, :c] += v_
-            # ∂loss/∂bias = P ⊙ (dP − D), recomputed in smaller blocks (about 512K scores of workspace), each in a skewed
-            # buffer: reversed row t and key j at column t + j, so that a band distance is a column, its gradient a column sum
-            gblock = min(block, max(16, (1 << 19) // max(1, b * h * m)))
-            for r0 in range(0, n, gblock) if D is not None else ():
-                r1 = min(n, r0 + gblock); r = r1 - r0
+            # one pass per block: the flash kernel's own backward for q, k and v, then ∂loss/∂bias = P ⊙ (dP − D) recomputed
+            # from the same bias block in a skewed buffer: reversed row t and key j at column t + j, so that a band distance is
+            # a column and its gradient a column sum
+            for r0 in range(0, n, block):
+                r1 = min(n, r0 + block); r = r1 - r0
                 qb, gb, ob, lb, c = rows(r0, r1)
                 kb, vb = k[:, :, :c], v[:, :, :c]
+                bias = _banded_block(band, aq, ak, qr, R, r0, r1, c, n, q.dtype)
+                if any(need[:3]):
+                    a_, k_, v_ = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+                        gb.contiguous(), qb, kb, vb, ob, lb, 0.0, False, attn_mask=bias, scale=scale)
+                    dq[:, :, r0:r1] = a_.flip(2); dk[:, :, :c] += k_; dv[:, :, :c] += v_
+                if D is None: continue
                 W = r + c - 1
                 skew = q.new_zeros(b * h, r, W, dtype=ct)
                 ds = skew.as_strided((b, h, r, c), (h * r * W, r * W, W + 1, 1))
-                ds.copy_(_banded_block(band, aq, ak, r0, r1, c, n, q.dtype)).sub_(lb.to(ct)[..., None])
+                ds.copy_(bias).sub_(lb.to(ct)[..., None])
                 s = skew.as_strided((b * h, r, c), (r * W, W + 1, 1))
                 s.baddbmm_(qb.reshape(b * h, r, e).to(ct), kb.reshape(b * h, c, e).to(ct).transpose(1, 2), alpha=scale)
                 _probabilities_(s).mul_(torch.baddbmm(D[:, :, r0:r1].flip(2).reshape(b * h, r, 1), gb.reshape(b * h, r, -1).to(ct),
@@ -450,9 +464,13 @@ class _BandedBias(torch.autograd.Function):
                 if dband is not None: dband[:, n - r1 : n - r1 + W] += skew.sum(1)
                 if daq is not None: daq[:, :, r0:r1] = (ds @ ak[:, :, :c].to(ct)).flip(2)
                 if dak is not None: dak[:, :, :c] += ds.transpose(-1, -2) @ aq[:, :, r0:r1].flip(2).to(ct)
+                if qr is not None:   # the content term's gradients read the skewed buffer as it is: a row against its window of distances
+                    g = skew.view(b, h, r, W)
+                    if dqr is not None: dqr[:, :, r0:r1] = (g @ R[:, n - r1 : n - r1 + W]).flip(2)
+                    if dR is not None: dR[:, :, n - r1 : n - r1 + W] += g.transpose(-1, -2) @ qr[:, :, r0:r1].flip(2)
         fit = lambda g, t: None if g is None else _sum_to(g, t.shape).to(t.dtype)
         if dband is not None: dband = _sum_to(dband.view(b, h, -1).sum(0), band.shape).to(band.dtype)
-        return dq, dk, dv, dband, fit(daq, aq), fit(dak, ak), None, None, None
+        return dq, dk, dv, dband, fit(daq, aq), fit(dak, ak), fit(dqr, qr), fit(None if dR is None else dR.sum(0), R), None, None, None
 
 def banded_bias_attention(q:Tensor, # `[b, h, n, e]`
                           k:Tensor, # `[b, h, m, e]` (one key head per query head)
@@ -462,26 +480,32 @@ def banded_bias_attention(q:Tensor, # `[b, h, n, e]`
                           scale:float, # logit scale
                           causal:bool=False, # hide key `j > a + m - n` (the queries are the last `n` keys)
                           block:Optional[int]=None, # query rows per block; default about 2M scores, `n / 8` rows at most
+                          band_keys:Optional[tuple]=None, # `(qr [b, h, n, f], R [h, n + m - 1, f])`: adds `qr_a · R[:, n - 1 + j - a]` (a content term per distance)
                          )->Optional[Tensor]: # `[b, h, n, e_v]`, or `None` where the CPU flash kernel cannot run these inputs
     "`softmax(scale q kᵀ + bias) v` for a bias given by a band (a value per distance) plus a low-rank term: no `n x m` tensor, forward or backward."
-    if q.device.type != 'cpu' or torch.compiler.is_compiling() or _transforms_active() or (band is None and low_rank is None): return None
+    if q.device.type != 'cpu' or torch.compiler.is_compiling() or _transforms_active() or (band is None and low_rank is None and band_keys is None): return None
     b, h, n, e = q.shape
     m = k.shape[2]
     if band is not None and (band.ndim != 2 or band.shape[-1] != n + m - 1 or band.shape[0] not in (1, h)):
         raise ValueError(f"`band` is {list(band.shape)}: for {h} heads, {n} queries and {m} keys it must be [1 or {h}, {n + m - 1}]")
     if causal and n > m: raise ValueError(f"`causal=True` with {n} queries and {m} keys: the queries must be the last of the keys (n <= m)")
     aq, ak = low_rank if low_rank is not None else (None, None)
+    qr, R = band_keys if band_keys is not None else (None, None)
+    if R is not None and (R.ndim != 3 or R.shape[:2] != (h, n + m - 1) or qr.shape[:3] != (b, h, n) or qr.shape[-1] != R.shape[-1]):
+        raise ValueError(f"`band_keys` are {list(qr.shape)} and {list(R.shape)}: for {b} x {h} heads, {n} queries and {m} keys they must be "
+                         f"[{b}, {h}, {n}, f] and [{h}, {n + m - 1}, f]")
     if causal:   # the pairs `j > a + m - n` are the band's columns from `m` on: -inf there hides them
         band = q.new_zeros(1, n + m - 1) if band is None else band.clone()
         band[:, m:] = float('-inf')
     ct = torch.promote_types(q.dtype, torch.float32)   # a low-rank term is summed in float32 at least (FoX's c_i - c_j of two large sums)
-    if band is not None: band = band.to(q.dtype if aq is None else ct).contiguous()
+    if band is not None: band = band.to(q.dtype if aq is None and qr is None else ct).contiguous()
     if aq is not None: aq, ak = aq.to(ct), ak.to(ct)
+    if qr is not None: qr, R = qr.to(ct), R.to(ct)
     from torch.nn.attention import SDPBackend
     if torch._fused_sdp_choice(q[:, :, :1], k[:, :, :1], v[:, :, :1], None, 0.0, False, scale=scale) != SDPBackend.FLASH_ATTENTION.value: return None
     # rows per block: about 2M scores at a time, and an eighth of the rows at most, so the blocks stay small beside `n x m`
     block = min(n, max(16, block or min((1 << 21) // max(1, b * h * m), n // 8)))
-    return _BandedBias.apply(q, k, v, band, aq, ak, scale, causal, block)
+    return _BandedBias.apply(q, k, v, band, aq, ak, qr, R, scale, causal, block)
 
 
 # %% ../nbs/00_core.ipynb #d9d15893
@@ -586,6 +610,9 @@ class PositionalEmbedding(nn.Module):
         return None
     def qk_bias(self, q:Tensor, k:Tensor, positions_q:Tensor, positions_k:Tensor)->Optional[Tensor]:
         "Content-dependent positional logits `[b, h, n, m]` (already scaled), or `None`."
+        return None
+    def banded_logits(self, q:Tensor, positions_q:Tensor, positions_k:Tensor)->Optional[tuple]:
+        "`qk_bias` as `(qr [b, h, n, f], R [h, n + m - 1, f])`, the logit of pair `(a, j)` being `qr_a · R[n - 1 + j - a]`, or `None` where it has no such form."
         return None
     def token_data(self, x:Tensor, positions:Tensor, past:Optional[tuple]=None)->Optional[Tensor]:
         "Data-dependent schemes only: per-token data `[b, 1|h, n]` from hidden states `x` `[b, n, d]`; `past` is the cache's `(positions, data)`."
@@ -772,7 +799,7 @@ class PositionalEmbedding(nn.Module):
         qt, kt = self.transform_qk(q, k, self._plain(pq), self._plain(pk))
         scale = self.logit_scale(e)
         if not gqa and attn_mask is None:   # a bias with a band or low-rank form: blockwise, no n x m tensor (CPU)
-            out = self._banded_attention(qt, kt, v, pq, pk, causal, scale, default_positions, dq, dk)
+            out = self._banded_attention(q, kt, v, pq, pk, causal, scale, default_positions, dq, dk, qt=qt)
             if out is not None: return out
         pos = self._positional_logits(q, k, pq, pk, dq, dk)
         # the ordinary self-attention layout: keys at consecutive positions ending with the queries'
@@ -801,17 +828,18 @@ class PositionalEmbedding(nn.Module):
         if out is None: out = _sdpa(qt, kt, v, attn_mask=mask, scale=scale, **gqa)
         return out if visible is None else torch.where(visible, out, out.new_zeros(()))
 
-    def _banded_attention(self, q, k, v, pq, pk, causal, scale, default_positions, dq=None, dk=None)->Optional[Tensor]:
-        "`banded_bias_attention` where the scheme gives its bias as a band and low-rank term for these positions; else `None`."
+    def _banded_attention(self, q, k, v, pq, pk, causal, scale, default_positions, dq=None, dk=None, qt=None)->Optional[Tensor]:
+        "`banded_bias_attention` where the scheme gives its positional terms as a band, a low-rank term and a band of keys for these positions; else `None`."
         n, m = q.shape[2], k.shape[2]
-        if (q.device.type != 'cpu' or not self.has_bias or self.has_qk_bias or is_decode_step(min(n, m))
+        if (q.device.type != 'cpu' or not (self.has_bias or self.has_qk_bias) or is_decode_step(min(n, m))
                 or torch.compiler.is_compiling() or pq.shape[0] != 1 or pk.shape[0] != 1 or not _banded_form_current(self)): return None
         if not default_positions:   # one host read per prefill: no special token, and the causal rule as `is_causal` needs the layout
             if bool((pq < 0).any() | (pk < 0).any()) or (causal and not _aligned(pq, pk)): return None
         elif causal and n != m: return None
-        parts = self.banded_bias(pq, pk, **self._data_kw(dq, dk))
-        if parts is None: return None
-        return banded_bias_attention(q, k, v, parts[0], parts[1], scale, causal)
+        parts = self.banded_bias(pq, pk, **self._data_kw(dq, dk)) if self.has_bias else (None, None)
+        keys = self.banded_logits(q, pq, pk) if self.has_qk_bias else None
+        if parts is None or (self.has_qk_bias and keys is None): return None
+        return banded_bias_attention(q if qt is None else qt, k, v, parts[0], parts[1], scale, causal, band_keys=keys)
 
     def _flex_attention(self, q, k, v, pq, pk, causal, attn_mask, dq=None, dk=None):
         fx = _flex()
@@ -890,10 +918,11 @@ class PositionalEmbedding(nn.Module):
         return {}
 
 def _banded_form_current(pe)->bool:
-    "Whether `pe`'s `banded_bias` is defined at or below the class that defines its `dense_bias` (a subclass that changes the bias without it opts out)."
+    "Whether `pe`'s banded forms are defined at or below the classes that define the terms they stand for (a subclass that changes a term without its form opts out)."
     mro = type(pe).__mro__
     at = lambda name: next(c for c in mro if name in c.__dict__)
-    return issubclass(at('banded_bias'), at('dense_bias')) and at('banded_bias') is not PositionalEmbedding
+    ok = lambda form, term: at(form) is not PositionalEmbedding and issubclass(at(form), at(term))
+    return (not pe.has_bias or ok('banded_bias', 'dense_bias')) and (not pe.has_qk_bias or ok('banded_logits', 'qk_bias'))
 
 
 # %% ../nbs/00_core.ipynb #a7ad07ce

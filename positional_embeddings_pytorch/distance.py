@@ -141,6 +141,14 @@ class DistanceEmbedding(PositionalEmbedding):
         if not _defines(self, 'distance_keys'): return None
         return self.distance_logits(self.distance_query(q), positions_q, positions_k)
 
+    def banded_logits(self, q:Tensor, positions_q:Tensor, positions_k:Tensor)->Optional[tuple]:
+        "On consecutive positions, `(distance_query(q), distance_keys of the n + m - 1 distances)`: `attention` takes the content term without the `n x m` logits."
+        if not _defines(self, 'distance_keys') or self.method not in ('auto', 'shift'): return None
+        path, delta = self._path(positions_q, positions_k, bias=True)   # consecutive positions: the same test as the bias's
+        if path != 'shift': return None
+        n, m = positions_q.shape[-1], positions_k.shape[-1]
+        return self.distance_query(q), self.distance_keys(torch.arange(n + m - 1, device=q.device) - (n - 1) - delta)
+
     def distance_logits(self,
                         qr:Tensor, # `[b, h, n, e]`: `distance_query(q)`
                         positions_q:Tensor, # `[1|b, n]`

@@ -133,3 +133,33 @@ def test_fox_gates_as_a_rank_two_term_equal_the_reference_with_gate_gradients():
     out = gates.attention(ql.bfloat16(), kl.bfloat16(), vl.bfloat16(), causal=True, data_q=c, data_k=c)
     assert c.min() < -200
     assert ((out.double() - ref).abs().max() / ref.abs().max()) < 2e-2
+
+def content_schemes():
+    from positional_embeddings_pytorch.transformer_xl import TransformerXLPositionalEmbedding
+    from positional_embeddings_pytorch.enformer import EnformerPositionalEmbedding
+    torch.manual_seed(5)
+    out = {}
+    for cls in (TransformerXLPositionalEmbedding, EnformerPositionalEmbedding):
+        for nm, pe in cls.examples(d_model=H * E, num_heads=H).items(): out[nm] = pe
+    return out
+
+@pytest.mark.parametrize('name', list(content_schemes()))
+@pytest.mark.parametrize('layout', ['self', 'kv-cache', 'offset-encoder'])
+def test_content_term_per_distance_on_the_banded_path_equals_reference(name, layout):
+    pe = content_schemes()[name].double()
+    if getattr(pe, 'method', 'auto') not in ('auto', 'shift'): pytest.skip('a method of its own: the dense path')
+    n, m, causal, p0 = {'self': (40, 40, True, 0), 'kv-cache': (24, 40, True, 3), 'offset-encoder': (30, 20, False, 7)}[layout]
+    pk = torch.arange(m) + p0
+    pq = pk[m - n:] if causal else torch.arange(n) + 2
+    torch.manual_seed(6)
+    q, k, v = (torch.randn(2, H, x, E, dtype=torch.float64, requires_grad=True) for x in (n, m, m))
+    params = [p for p in pe.parameters() if p.requires_grad]
+    owner = next(c for c in type(pe).__mro__ if 'qk_bias' in c.__dict__)
+    with mock.patch.object(owner, 'qk_bias', side_effect=AssertionError('dense logits built')):
+        got = pe.attention(q, k, v, pq, pk, causal=causal, backend='sdpa')
+        go = torch.randn_like(got)
+        g_got = grads(got, [q, k, v, *params], go)
+    want = reference(pe, q, k, v, pq, pk, causal)
+    g_want = grads(want, [q, k, v, *params], go)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    for a, b in zip(g_got, g_want): torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
