@@ -257,3 +257,15 @@ def test_compiled_fullgraph_matches_eager():
         torch._dynamo.reset()
         torch.testing.assert_close(torch.compile(f, fullgraph=True)(q, k, v), f(q, k, v), atol=1e-5, rtol=1e-5)
         torch._dynamo.reset()
+
+def test_features_hold_no_denormals():
+    "Far distances' exponential and gamma values fall below float32's normal range; they are written as 0 (a denormal slows every product with the features on x86 CPUs)."
+    import torch
+    from positional_embeddings_pytorch.enformer import enformer_features
+    d = torch.arange(4095) - 2047
+    f64 = enformer_features(d, 60, 1536, dtype=torch.float64)
+    tiny = torch.finfo(torch.float32).tiny
+    assert ((f64.abs() > 0) & (f64.abs() < tiny)).any()          # the float64 features do reach that range
+    f = enformer_features(d, 60, 1536, dtype=torch.float32)
+    assert not ((f.abs() > 0) & (f.abs() < tiny)).any()
+    torch.testing.assert_close(f.double(), f64, rtol=1e-6, atol=tiny)
