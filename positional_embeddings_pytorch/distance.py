@@ -11,6 +11,7 @@ from torch import nn, Tensor
 import torch.nn.functional as F
 from typing import Optional
 from .core import *
+from .core import _hankel
 
 # %% ../nbs/09_distance.ipynb #9c4c58c9
 #| code-fold: true
@@ -53,10 +54,10 @@ class _Toeplitz(torch.autograd.Function):
     "`band [h, U]` spread over `[h, n, m]` along the diagonals; backward: the sum along each diagonal, by one `index_add_`."
     @staticmethod
     def forward(ctx, band, n, m):
-        h, U = band.shape
         ctx.n, ctx.m = n, m
-        fb = band.flip(-1).contiguous()                      # fb[t] = band[U - 1 - t], row-major (as_strided reads the storage)
-        return fb.as_strided((h, n, m), (U, 1, 1)).flip(-1)  # out[a, j] = fb[a + m - 1 - j] = band[n - 1 + j - a]: one write
+        # the core's view of the band (`_hankel`, rows in reverse order: row t is band[n-1-t : n-1-t+m]), its rows flipped
+        # back: out[a, j] = band[n - 1 + j - a], one write
+        return _hankel(band.contiguous(), 0, n, m, n)[0].flip(1)
 
     @staticmethod
     def backward(ctx, g):
@@ -126,9 +127,8 @@ class DistanceEmbedding(PositionalEmbedding):
         return (self._band(positions_q, positions_k, delta), None) if path == 'shift' else None
 
     def _band(self, pq:Tensor, pk:Tensor, delta:Tensor)->Tensor:
-        "`distance_bias` at the `n + m - 1` distances of consecutive positions with offset `delta = i_0 - j_0`, smallest first: `[h, n + m - 1]`."
-        n, m = pq.shape[-1], pk.shape[-1]
-        return self.distance_bias(torch.arange(n + m - 1, device=pq.device) - (n - 1) - delta)
+        "`distance_bias` at the `n + m - 1` distances of consecutive positions (`_band_deltas`): `[h, n + m - 1]`."
+        return self.distance_bias(_band_deltas(pq, pk, delta))
 
     def pair_bias(self, h:Tensor, i:Tensor, j:Tensor)->Optional[Tensor]:
         "`distance_bias(j - i, h)`, elementwise: one score for FlexAttention's `score_mod` (pointwise: no per-head vector is built)."
@@ -146,8 +146,7 @@ class DistanceEmbedding(PositionalEmbedding):
         if not _defines(self, 'distance_keys') or self.method not in ('auto', 'shift'): return None
         path, delta = self._path(positions_q, positions_k, bias=True)   # consecutive positions: the same test as the bias's
         if path != 'shift': return None
-        n, m = positions_q.shape[-1], positions_k.shape[-1]
-        return self.distance_query(q), self.distance_keys(torch.arange(n + m - 1, device=q.device) - (n - 1) - delta)
+        return self.distance_query(q), self.distance_keys(_band_deltas(positions_q, positions_k, delta))
 
     def distance_logits(self,
                         qr:Tensor, # `[b, h, n, e]`: `distance_query(q)`
@@ -162,8 +161,7 @@ class DistanceEmbedding(PositionalEmbedding):
         path, delta = self._path(positions_q, positions_k)
         if path == 'pairs': return self.pair_logits(qr, positions_q, positions_k, keys)
         if path == 'shift':   # the band of the n + m - 1 distances, smallest first, then pad and reshape
-            band_delta = torch.arange(n + m - 1, device=qr.device) - (n - 1) - delta
-            return relative_shift(torch.einsum('bhne,hle->bhnl', qr, keys(band_delta).to(qr.dtype)))
+            return relative_shift(torch.einsum('bhne,hle->bhnl', qr, keys(_band_deltas(positions_q, positions_k, delta)).to(qr.dtype)))
         values, idx = self._plan(positions_k[:, None, :] - positions_q[:, :, None], path)
         band = torch.einsum('bhne,hue->bhnu', qr, keys(values).to(qr.dtype))                  # [b, h, n, U]
         return band.gather(-1, idx[:, None].expand(b, h, n, m))
@@ -214,6 +212,11 @@ class DistanceEmbedding(PositionalEmbedding):
 
     def extra_repr(self)->str:
         return super().extra_repr() + (f", method={self.method!r}" if self.method != 'auto' else '')
+
+def _band_deltas(pq:Tensor, pk:Tensor, delta:Tensor)->Tensor:
+    "The `n + m - 1` distances `j - i` of consecutive positions with offset `delta = i_0 - j_0`, smallest first: column `c` of a band."
+    n, m = pq.shape[-1], pk.shape[-1]
+    return torch.arange(n + m - 1, device=pq.device) - (n - 1) - delta
 
 def _defines(obj, name:str)->bool:
     "Whether `type(obj)` overrides `DistanceEmbedding.<name>`."

@@ -25,6 +25,21 @@ def reference(pe, q, k, v, pq, pk, causal):
     mask = attention_mask(pq[None], pk[None], (q.shape[0], q.shape[1], q.shape[2], k.shape[2]), causal, None)
     return reference_attention(pe.forward_attn(q, k, pq, pk), v, mask)
 
+def assert_banded_equals_reference(pe, pq, pk, causal, dense, seed):
+    "`attention` (sdpa) equals the float64 definition in values and in the gradients of q, k, v and every parameter, with the dense builder `dense` raising: the banded path is proven taken."
+    torch.manual_seed(seed)
+    n, m = pq.shape[-1], pk.shape[-1]
+    q, k, v = (torch.randn(2, H, x, E, dtype=torch.float64, requires_grad=True) for x in (n, m, m))
+    ins = [q, k, v, *(p for p in pe.parameters() if p.requires_grad)]
+    owner = next(c for c in type(pe).__mro__ if dense in c.__dict__)   # patched where it is defined, so the scheme's form is unchanged
+    with mock.patch.object(owner, dense, side_effect=AssertionError(f'{dense} called: the dense path was taken')):
+        got = pe.attention(q, k, v, pq, pk, causal=causal, backend='sdpa')
+        go = torch.randn_like(got)
+        g_got = grads(got, ins, go)
+    want = reference(pe, q, k, v, pq, pk, causal)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    for a, b in zip(g_got, grads(want, ins, go)): torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
 def grads(out, ins, go):
     "Gradients of every input; one the output does not read (a special-token scalar with no special token) is zeros."
     return [torch.zeros_like(t) if g is None else g for t, g in zip(ins, torch.autograd.grad(out, ins, go, allow_unused=True))]
@@ -36,18 +51,7 @@ def test_banded_path_equals_reference_values_and_gradients(name, layout):
     n, m, causal, p0 = {'self': (40, 40, True, 0), 'kv-cache': (24, 40, True, 3), 'offset-encoder': (30, 20, False, 7)}[layout]
     pk = torch.arange(m) + p0
     pq = pk[m - n:] if causal else torch.arange(n) + 2   # encoder: queries at another consecutive range
-    torch.manual_seed(1)
-    q, k, v = (torch.randn(2, H, x, E, dtype=torch.float64, requires_grad=True) for x in (n, m, m))
-    params = [p for p in pe.parameters() if p.requires_grad]
-    owner = next(c for c in type(pe).__mro__ if 'dense_bias' in c.__dict__)   # patched where it is defined, so the scheme's form is unchanged
-    with mock.patch.object(owner, 'dense_bias', side_effect=AssertionError('dense path taken')):
-        got = pe.attention(q, k, v, pq, pk, causal=causal, backend='sdpa')   # raises if the dense bias is built
-        go = torch.randn_like(got)
-        g_got = grads(got, [q, k, v, *params], go)
-    want = reference(pe, q, k, v, pq, pk, causal)
-    g_want = grads(want, [q, k, v, *params], go)
-    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
-    for a, b in zip(g_got, g_want): torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+    assert_banded_equals_reference(pe, pq, pk, causal, dense='dense_bias', seed=1)
 
 @pytest.mark.parametrize('name', ['t5', 'alibi', 'tupe-r'])
 def test_banded_path_float32_and_bf16_match_float64(name):
@@ -151,15 +155,4 @@ def test_content_term_per_distance_on_the_banded_path_equals_reference(name, lay
     n, m, causal, p0 = {'self': (40, 40, True, 0), 'kv-cache': (24, 40, True, 3), 'offset-encoder': (30, 20, False, 7)}[layout]
     pk = torch.arange(m) + p0
     pq = pk[m - n:] if causal else torch.arange(n) + 2
-    torch.manual_seed(6)
-    q, k, v = (torch.randn(2, H, x, E, dtype=torch.float64, requires_grad=True) for x in (n, m, m))
-    params = [p for p in pe.parameters() if p.requires_grad]
-    owner = next(c for c in type(pe).__mro__ if 'qk_bias' in c.__dict__)
-    with mock.patch.object(owner, 'qk_bias', side_effect=AssertionError('dense logits built')):
-        got = pe.attention(q, k, v, pq, pk, causal=causal, backend='sdpa')
-        go = torch.randn_like(got)
-        g_got = grads(got, [q, k, v, *params], go)
-    want = reference(pe, q, k, v, pq, pk, causal)
-    g_want = grads(want, [q, k, v, *params], go)
-    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
-    for a, b in zip(g_got, g_want): torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+    assert_banded_equals_reference(pe, pq, pk, causal, dense='qk_bias', seed=6)
