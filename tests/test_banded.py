@@ -129,13 +129,13 @@ def test_fox_gates_as_a_rank_two_term_equal_the_reference_with_gate_gradients():
     for a, b in zip(g_got, g_want): torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
     # bf16 queries and keys: the decay c_i - c_j of two long sums is formed in float32, not from bf16 sums
     pe.float()
-    gates = ForgettingPositionalEmbedding(H * E, H, gate_bias=-1.)   # strong decay: the sums reach about -300 over 1000 tokens
+    gates = ForgettingPositionalEmbedding(H * E, H, gate_bias=-1.)   # strong decay: the sums fall below -1000 over 1000 tokens (bf16 steps there are 8)
     xl = torch.randn(1, 1000, H * E)
     c = gates.token_data(xl, torch.arange(1000)[None])
     ql, kl, vl = torch.randn(3, 1, H, 1000, E).unbind(0)
     ref = gates.attention(ql.double(), kl.double(), vl.double(), causal=True, data_q=c.double(), data_k=c.double(), backend='reference')
     out = gates.attention(ql.bfloat16(), kl.bfloat16(), vl.bfloat16(), causal=True, data_q=c, data_k=c)
-    assert c.min() < -200
+    assert c.min() < -1000
     assert ((out.double() - ref).abs().max() / ref.abs().max()) < 2e-2
 
 def content_schemes():
