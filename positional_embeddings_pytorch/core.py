@@ -390,19 +390,29 @@ def _skew(t:Tensor, c:int)->Tensor:
     *lead, r, W = t.shape
     return t.as_strided((*lead, r, c), (*t.stride()[:-2], W + 1, 1))
 
-def _banded_block(band, aq, ak, qr, R, r0, r1, c, n, dtype)->Tensor:
-    "The bias of query rows `r1-1, ..., r0` (reversed) and keys `:c` in `dtype`: the band's view itself, or, in float32 at least, the low-rank product and the content term plus it."
-    if aq is None and qr is None: return _hankel(band, r0, r1, c, n)
-    lo = None if aq is None else aq[:, :, r0:r1].flip(2) @ ak[:, :, :c].transpose(-1, -2)
-    if qr is not None:   # qr_a · R[n-1+j-a]: the block's rows against its window of distances, then the skew view
+def _banded_block(band, aq, ak, qr, R, r0, r1, c, n, dtype,
+                  out:Optional[Tensor]=None, # a zeroed `[b, h, r, c]` view (any strides) to sum the bias into, in place
+                 )->Tensor:
+    "The bias of query rows `r1-1, ..., r0` (reversed) and keys `:c` in `dtype`: the band's view itself, or, in float32 at least, the content term, the low-rank product and the band summed into one block (`out` if given)."
+    if aq is None and qr is None and out is None: return _hankel(band, r0, r1, c, n)
+    lo = out
+    if qr is not None:   # qr_a · R[n-1+j-a]: the block's rows against their window of distances, read through the skew view
         rel = _skew(qr[:, :, r0:r1].flip(2) @ R[:, n - r1 : n - r1 + (r1 - r0) + c - 1].transpose(-1, -2), c)
-        lo = rel if lo is None else _add(lo, rel)
-    if band is not None: lo = _add(lo, _hankel(band, r0, r1, c, n))
+        lo = rel if lo is None else lo.add_(rel)   # a view of a fresh buffer: the terms below are added into it
+    if aq is not None:
+        A, B = aq[:, :, r0:r1].flip(2), ak[:, :, :c].transpose(-1, -2)
+        lo = A @ B if lo is None else _addmm_(lo, A, B)
+    if band is not None:
+        hb = _hankel(band, r0, r1, c, n)   # last: the band's view is never written
+        lo = hb if lo is None else lo.add_(hb)
     return lo.to(dtype)
 
-def _add(a:Tensor, b:Tensor)->Tensor:
-    "`a + b`, into `a` where `a` is a fresh contiguous tensor of the result's shape (one `r x c` block alive, not two)."
-    return a.add_(b) if a.is_contiguous() and torch.broadcast_shapes(a.shape, b.shape) == a.shape else a + b
+def _addmm_(out:Tensor, A:Tensor, B:Tensor)->Tensor:
+    "`out += A @ B` in place, for `out` `[b, h, r, c]` of any strides and `A` `[1|b, 1|h, r, k]`, `B` `[1|b, 1|h, k, c]`: no `r x c` temporary."
+    b, h, r, c = out.shape
+    flat = lambda t: t.expand(b, h, *t.shape[2:]).reshape(b * h, *t.shape[2:])   # a copy of `A` or `B` at most (small)
+    out.flatten(0, 1).baddbmm_(flat(A), flat(B))
+    return out
 
 class _BandedBias(torch.autograd.Function):
     "Attention with the bias `band[:, n-1+j-a] + a_q,a · a_k,j + qr_a · R[:, n-1+j-a]`, one block of query rows at a time on the CPU flash kernel: no `n x m` tensor."
@@ -447,16 +457,27 @@ class _BandedBias(torch.autograd.Function):
                 r1 = min(n, r0 + block); r = r1 - r0
                 qb, gb, ob, lb, c = rows(r0, r1)
                 kb, vb = k[:, :, :c], v[:, :, :c]
-                bias = _banded_block(band, aq, ak, qr, R, r0, r1, c, n, q.dtype)
+                W = r + c - 1
+                def skewed():   # zeros, and the view `ds` [b, h, r, c] of it where reversed row t, key j sits at column t + j
+                    skew = q.new_zeros(b * h, r, W, dtype=ct)
+                    return skew, skew.as_strided((b, h, r, c), (h * r * W, r * W, W + 1, 1))
+                # a bias block that must be computed (a low-rank or content term) is summed into the skewed buffer itself,
+                # one block buffer, not two; a band's view is read as it is, and the buffer made after the kernel's backward
+                fill = D is not None and (aq is not None or qr is not None)
+                if fill:
+                    skew, ds = skewed()
+                    bias = _banded_block(band, aq, ak, qr, R, r0, r1, c, n, q.dtype, out=ds)
+                    if bias is not ds: ds.copy_(bias)   # bf16/fp16: the gradient reads the bias the forward rounded
+                else: bias = _banded_block(band, aq, ak, qr, R, r0, r1, c, n, q.dtype)
                 if any(need[:3]):
                     a_, k_, v_ = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
                         gb.contiguous(), qb, kb, vb, ob, lb, 0.0, False, attn_mask=bias, scale=scale)
                     dq[:, :, r0:r1] = a_.flip(2); dk[:, :, :c] += k_; dv[:, :, :c] += v_
                 if D is None: continue
-                W = r + c - 1
-                skew = q.new_zeros(b * h, r, W, dtype=ct)
-                ds = skew.as_strided((b, h, r, c), (h * r * W, r * W, W + 1, 1))
-                ds.copy_(bias).sub_(lb.to(ct)[..., None])
+                if not fill:
+                    skew, ds = skewed()
+                    ds.copy_(bias)
+                ds.sub_(lb.to(ct)[..., None])
                 s = skew.as_strided((b * h, r, c), (r * W, W + 1, 1))
                 s.baddbmm_(qb.reshape(b * h, r, e).to(ct), kb.reshape(b * h, c, e).to(ct).transpose(1, 2), alpha=scale)
                 _probabilities_(s).mul_(torch.baddbmm(D[:, :, r0:r1].flip(2).reshape(b * h, r, 1), gb.reshape(b * h, r, -1).to(ct),
@@ -472,6 +493,15 @@ class _BandedBias(torch.autograd.Function):
         if dband is not None: dband = _sum_to(dband.view(b, h, -1).sum(0), band.shape).to(band.dtype)
         return dq, dk, dv, dband, fit(daq, aq), fit(dak, ak), fit(dqr, qr), fit(None if dR is None else dR.sum(0), R), None, None, None
 
+def _fold_low_rank(q:Tensor, k:Tensor, v:Tensor, aq:Tensor, ak:Tensor, scale:float)->tuple:
+    "`q' = [q, a_q / scale]`, `k' = [k, a_k]`, `v` with zero columns: `scale q'·k'` is the logit plus the low-rank term, and the three share one head width (the flash kernel's rule)."
+    b, h, n, e = q.shape
+    m, r, ev = k.shape[2], aq.shape[-1], v.shape[-1]
+    w = max(e + r, ev)
+    pad = lambda t: t if t.shape[-1] == w else F.pad(t, (0, w - t.shape[-1]))
+    wide = lambda t, a, rows: pad(torch.cat([t, a.expand(b, h, rows, r).to(t.dtype)], -1))
+    return wide(q, aq / scale, n), wide(k, ak, m), pad(v)
+
 def banded_bias_attention(q:Tensor, # `[b, h, n, e]`
                           k:Tensor, # `[b, h, m, e]` (one key head per query head)
                           v:Tensor, # `[b, h, m, e_v]`
@@ -481,9 +511,10 @@ def banded_bias_attention(q:Tensor, # `[b, h, n, e]`
                           causal:bool=False, # hide key `j > a + m - n` (the queries are the last `n` keys)
                           block:Optional[int]=None, # query rows per block; default about 2M scores, `n / 8` rows at most
                           band_keys:Optional[tuple]=None, # `(qr [b, h, n, f], R [h, n + m - 1, f])`: adds `qr_a · R[:, n - 1 + j - a]` (a content term per distance)
+                          fold:Optional[bool]=None, # float32/float64: the low-rank term as extra columns of `q` and `k`, which the flash kernel multiplies; `None`: where its rank is at most `e / 8`; `False`: summed into each bias block
                          )->Optional[Tensor]: # `[b, h, n, e_v]`, or `None` where the CPU flash kernel cannot run these inputs
     "`softmax(scale q kᵀ + bias) v` for a bias given by a band (a value per distance) plus a low-rank term: no `n x m` tensor, forward or backward."
-    if q.device.type != 'cpu' or torch.compiler.is_compiling() or _transforms_active() or (band is None and low_rank is None and band_keys is None): return None
+    if q.device.type != 'cpu' or torch.compiler.is_compiling() or _transforms_active() or (band is None and low_rank is None and band_keys is None and not causal): return None
     b, h, n, e = q.shape
     m = k.shape[2]
     if band is not None and (band.ndim != 2 or band.shape[-1] != n + m - 1 or band.shape[0] not in (1, h)):
@@ -494,6 +525,15 @@ def banded_bias_attention(q:Tensor, # `[b, h, n, e]`
     if R is not None and (R.ndim != 3 or R.shape[:2] != (h, n + m - 1) or qr.shape[:3] != (b, h, n) or qr.shape[-1] != R.shape[-1]):
         raise ValueError(f"`band_keys` are {list(qr.shape)} and {list(R.shape)}: for {b} x {h} heads, {n} queries and {m} keys they must be "
                          f"[{b}, {h}, {n}, f] and [{h}, {n + m - 1}, f]")
+    from torch.nn.attention import SDPBackend
+    # a narrow low-rank term (FoX's rank 2) rides in q and k; a wide one (TUPE's, rank e) costs less in the bias blocks than a doubled head width
+    if aq is not None and q.dtype == torch.promote_types(q.dtype, torch.float32) and (fold or fold is None and 8 * aq.shape[-1] <= e):
+        q, k, v2 = _fold_low_rank(q, k, v, aq, ak, scale)   # scale q'·k' = scale q·k + a_q·a_k: no bias block for this term
+        if band is None and qr is None and (not causal or n == m):   # nothing left but the causal rule: the flash kernel alone
+            if torch._fused_sdp_choice(q[:, :, :1], k[:, :, :1], v2[:, :, :1], None, 0.0, False, scale=scale) != SDPBackend.FLASH_ATTENTION.value: return None
+            out = F.scaled_dot_product_attention(q, k, v2, is_causal=causal, scale=scale)
+        else: out = banded_bias_attention(q, k, v2, band, None, scale, causal, block, band_keys, fold=False)
+        return None if out is None else out[..., :v.shape[-1]]
     if causal:   # the pairs `j > a + m - n` are the band's columns from `m` on: -inf there hides them
         band = q.new_zeros(1, n + m - 1) if band is None else band.clone()
         band[:, m:] = float('-inf')
@@ -501,7 +541,6 @@ def banded_bias_attention(q:Tensor, # `[b, h, n, e]`
     if band is not None: band = band.to(q.dtype if aq is None and qr is None else ct).contiguous()
     if aq is not None: aq, ak = aq.to(ct), ak.to(ct)
     if qr is not None: qr, R = qr.to(ct), R.to(ct)
-    from torch.nn.attention import SDPBackend
     if torch._fused_sdp_choice(q[:, :, :1], k[:, :, :1], v[:, :, :1], None, 0.0, False, scale=scale) != SDPBackend.FLASH_ATTENTION.value: return None
     # rows per block: about 2M scores at a time, and an eighth of the rows at most, so the blocks stay small beside `n x m`
     block = min(n, max(16, block or min((1 << 21) // max(1, b * h * m), n // 8)))

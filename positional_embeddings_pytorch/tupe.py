@@ -13,9 +13,16 @@ from typing import Optional
 from .core import *
 from .distance import *
 from .t5 import t5_relative_position_bucket
+from torch.utils.checkpoint import checkpoint
 
 # %% ../nbs/12_tupe.ipynb #f7016fc8
 #| code-fold: true
+def _same_tensor(a:Tensor, b:Tensor)->bool:
+    "Whether `a` and `b` view the same elements (checked without reading them); under `torch.compile` only identity counts."
+    if a is b: return True
+    if torch.compiler.is_compiling(): return False
+    return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride() and a.dtype == b.dtype
+
 class UnifiedPositionalEmbedding(DistanceEmbedding):
     "TUPE: an untied absolute positional term with its own projections, an optional T5 relative bias, and a learned `[CLS]` reset."
     name, family = 'tupe', 'untied absolute bias'
@@ -60,9 +67,18 @@ class UnifiedPositionalEmbedding(DistanceEmbedding):
     def _check_range(self, positions:Tensor, name:str):
         check_position_range(positions, self.max_positions, name)   # no host sync; works under compile
 
-    def _project(self, lin:nn.Module, positions:Tensor)->Tensor:
-        "Rows of the table at `positions` `[1|b, n]`, normalised and projected: `[1|b, h, n, e]`."
-        return lin(self.pos_norm(self.pos(positions))).unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
+    def _projections(self, positions_q:Tensor, positions_k:Tensor, scale:float=1.0)->tuple:
+        r"$s\,\bar p_i U^Q$ and $\bar p_j U^K$, `[1|b, h, n, e]` and `[1|b, h, m, e]`: rows of the table, normalised once where both sides read the same positions, and projected, with $s$ folded into $U^Q$ (no scaled copy)."
+        heads = lambda t: t.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
+        rows_q = self.pos_norm(self.pos(positions_q))
+        same = _same_tensor(positions_q, positions_k)
+        rows_k = rows_q if same else self.pos_norm(self.pos(positions_k))
+        if scale == 1 and same and self.pos_q is self.pos_k: Q = K = heads(self.pos_q(rows_q))   # tied projections
+        else:
+            w, b = self.pos_q.weight, self.pos_q.bias
+            Q = heads(F.linear(rows_q, w * scale, None if b is None else b * scale))
+            K = heads(self.pos_k(rows_k))
+        return Q, K
 
     def absolute_bias(self,
                       positions_q:Tensor, # `[1|b, n]` integer positions `>= 0`
@@ -70,8 +86,7 @@ class UnifiedPositionalEmbedding(DistanceEmbedding):
                      )->Tensor: # `[1|b, h, n, m]`
         r"The untied absolute term $s\,(\bar p_i U^Q)(\bar p_j U^K)^\top$ (no special-token reset)."
         self._check_range(positions_q, 'positions_q'); self._check_range(positions_k, 'positions_k')
-        Q = self._project(self.pos_q, positions_q)
-        K = Q if positions_k is positions_q and self.pos_q is self.pos_k else self._project(self.pos_k, positions_k)
+        Q, K = self._projections(positions_q, positions_k)
         return (Q @ K.transpose(-1, -2)).mul_(self.logit_scale(self.head_dim))   # fresh: scaled in place
 
     def distance_bias(self, delta:Tensor, head:Optional[Tensor]=None)->Optional[Tensor]: # `[...]` -> `[h, ...]`, or `[...]` with `head`
@@ -104,8 +119,10 @@ class UnifiedPositionalEmbedding(DistanceEmbedding):
             if rel is None: return None   # not consecutive: the dense path
             band = rel[0]
         self._check_range(positions_q, 'positions_q'); self._check_range(positions_k, 'positions_k')
-        Q = self._project(self.pos_q, positions_q) * self.logit_scale(self.head_dim)
-        return band, (Q, self._project(self.pos_k, positions_k))
+        args = (positions_q, positions_k, self.logit_scale(self.head_dim))
+        if not torch.is_grad_enabled(): return band, self._projections(*args)
+        # training: recomputed in the backward pass, so the table's gathered and normalised rows are not held through it
+        return band, checkpoint(self._projections, *args, use_reentrant=False)
 
     def pair_bias(self, h, i, j):
         "The same value for one `(head, i, j)`, elementwise (FlexAttention's `score_mod`)."
