@@ -450,33 +450,13 @@ class _BandedBias(torch.autograd.Function):
         D = (go.to(ct) * out.to(ct)).sum(-1, keepdim=True) if any(need[3:8]) else None   # rowsum(dO ⊙ O)
         with torch.no_grad(), flush_denormals():
             rows = lambda r0, r1: (*(t[:, :, r0:r1].flip(2) for t in (q, go, out, lse)), m - n + r1 if causal else m)
-            # one pass per block: the flash kernel's own backward for q, k and v, then ∂loss/∂bias = P ⊙ (dP − D) recomputed
-            # from the same bias block in a skewed buffer: reversed row t and key j at column t + j, so that a band distance is
-            # a column and its gradient a column sum
-            for r0 in range(0, n, block):
-                r1 = min(n, r0 + block); r = r1 - r0
+            def skewed(r, c):   # zeros, and the view `ds` [b, h, r, c] of it where reversed row t, key j sits at column t + j
+                skew = q.new_zeros(b * h, r, r + c - 1, dtype=ct)
+                return skew, skew.as_strided((b, h, r, c), (h * r * (r + c - 1), r * (r + c - 1), r + c, 1))
+            def bias_grad(r0, r1, skew, ds):   # rows r1-1..r0, whose bias `ds` holds: ∂loss/∂bias = P ⊙ (dP − D), and its reductions
                 qb, gb, ob, lb, c = rows(r0, r1)
                 kb, vb = k[:, :, :c], v[:, :, :c]
-                W = r + c - 1
-                def skewed():   # zeros, and the view `ds` [b, h, r, c] of it where reversed row t, key j sits at column t + j
-                    skew = q.new_zeros(b * h, r, W, dtype=ct)
-                    return skew, skew.as_strided((b, h, r, c), (h * r * W, r * W, W + 1, 1))
-                # a bias block that must be computed (a low-rank or content term) is summed into the skewed buffer itself,
-                # one block buffer, not two; a band's view is read as it is, and the buffer made after the kernel's backward
-                fill = D is not None and (aq is not None or qr is not None)
-                if fill:
-                    skew, ds = skewed()
-                    bias = _banded_block(band, aq, ak, qr, R, r0, r1, c, n, q.dtype, out=ds)
-                    if bias is not ds: ds.copy_(bias)   # bf16/fp16: the gradient reads the bias the forward rounded
-                else: bias = _banded_block(band, aq, ak, qr, R, r0, r1, c, n, q.dtype)
-                if any(need[:3]):
-                    a_, k_, v_ = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-                        gb.contiguous(), qb, kb, vb, ob, lb, 0.0, False, attn_mask=bias, scale=scale)
-                    dq[:, :, r0:r1] = a_.flip(2); dk[:, :, :c] += k_; dv[:, :, :c] += v_
-                if D is None: continue
-                if not fill:
-                    skew, ds = skewed()
-                    ds.copy_(bias)
+                r = r1 - r0; W = r + c - 1
                 ds.sub_(lb.to(ct)[..., None])
                 s = skew.as_strided((b * h, r, c), (r * W, W + 1, 1))
                 s.baddbmm_(qb.reshape(b * h, r, e).to(ct), kb.reshape(b * h, c, e).to(ct).transpose(1, 2), alpha=scale)
@@ -489,6 +469,35 @@ class _BandedBias(torch.autograd.Function):
                     g = skew.view(b, h, r, W)
                     if dqr is not None: dqr[:, :, r0:r1] = (g @ R[:, n - r1 : n - r1 + W]).flip(2)
                     if dR is not None: dR[:, :, n - r1 : n - r1 + W] += g.transpose(-1, -2) @ qr[:, :, r0:r1].flip(2)
+            # one pass per block: the flash kernel's own backward for q, k and v, then ∂loss/∂bias recomputed from the same bias
+            # in a skewed buffer: reversed row t and key j at column t + j, so that a band distance is a column and its gradient a
+            # column sum. A bias block that must be computed (a low-rank or a content term) is summed into that buffer itself, one
+            # block buffer, not two; a band's view is read as it is, and its gradient taken after the kernel's backward, a quarter
+            # of the block's rows at a time: its two buffers then stay below the kernel's own workspace
+            fill = D is not None and (aq is not None or qr is not None)
+            sub = max(16, block // 4)
+            for r0 in range(0, n, block):
+                r1 = min(n, r0 + block)
+                qb, gb, ob, lb, c = rows(r0, r1)
+                if fill:
+                    skew, ds = skewed(r1 - r0, c)
+                    bias = _banded_block(band, aq, ak, qr, R, r0, r1, c, n, q.dtype, out=ds)
+                    if bias is not ds: ds.copy_(bias)   # bf16/fp16: the gradient reads the bias the forward rounded
+                else: bias = _banded_block(band, aq, ak, qr, R, r0, r1, c, n, q.dtype)
+                if any(need[:3]):
+                    a_, k_, v_ = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+                        gb.contiguous(), qb, k[:, :, :c], v[:, :, :c], ob, lb, 0.0, False, attn_mask=bias, scale=scale)
+                    dq[:, :, r0:r1] = a_.flip(2); dk[:, :, :c] += k_; dv[:, :, :c] += v_
+                del bias, qb, gb, ob, lb
+                if D is None: continue
+                if fill:
+                    bias_grad(r0, r1, skew, ds); del skew, ds
+                    continue
+                for s0 in range(r0, r1, sub):
+                    s1 = min(r1, s0 + sub); cs = m - n + s1 if causal else m
+                    skew, ds = skewed(s1 - s0, cs)
+                    ds.copy_(_banded_block(band, aq, ak, qr, R, s0, s1, cs, n, q.dtype))
+                    bias_grad(s0, s1, skew, ds); del skew, ds
         fit = lambda g, t: None if g is None else _sum_to(g, t.shape).to(t.dtype)
         if dband is not None: dband = _sum_to(dband.view(b, h, -1).sum(0), band.shape).to(band.dtype)
         return dq, dk, dv, dband, fit(daq, aq), fit(dak, ak), fit(dqr, qr), fit(None if dR is None else dR.sum(0), R), None, None, None
