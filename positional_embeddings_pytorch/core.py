@@ -392,10 +392,17 @@ def _skew(t:Tensor, c:int)->Tensor:
 
 def _banded_block(band, aq, ak, qr, R, r0, r1, c, n, dtype,
                   out:Optional[Tensor]=None, # a zeroed `[b, h, r, c]` view (any strides) to sum the bias into, in place
+                  tables:Optional[tuple]=None, # `(Tq, Tk, I)` (see `banded_bias_attention`'s `band_tables`)
                  )->Tensor:
-    "The bias of query rows `r1-1, ..., r0` (reversed) and keys `:c` in `dtype`: the band's view itself, or, in float32 at least, the content term, the low-rank product and the band summed into one block (`out` if given)."
-    if aq is None and qr is None and out is None: return _hankel(band, r0, r1, c, n)
+    "The bias of query rows `r1-1, ..., r0` (reversed) and keys `:c` in `dtype`: the band's view itself, or, in float32 at least, the content terms, the low-rank product and the band summed into one block (`out` if given)."
+    if aq is None and qr is None and tables is None and out is None: return _hankel(band, r0, r1, c, n)
     lo = out
+    if tables is not None:   # a row of the query's table and of the key's, picked by the distance's index: the index is a Hankel view too
+        Tq, Tk, I = tables
+        idx = _hankel(I[None], r0, r1, c, n)
+        for t in (None if Tq is None else Tq[:, :, r0:r1].flip(2).gather(-1, idx.expand(*Tq.shape[:2], r1 - r0, c)),
+                  None if Tk is None else Tk[:, :, :c].gather(-1, idx.transpose(-1, -2).expand(*Tk.shape[:2], c, r1 - r0)).transpose(-1, -2)):
+            if t is not None: lo = t if lo is None else lo.add_(t)
     if qr is not None:   # qr_a · R[n-1+j-a]: the block's rows against their window of distances, read through the skew view
         rel = _skew(qr[:, :, r0:r1].flip(2) @ R[:, n - r1 : n - r1 + (r1 - r0) + c - 1].transpose(-1, -2), c)
         lo = rel if lo is None else lo.add_(rel)   # a view of a fresh buffer: the terms below are added into it
@@ -417,25 +424,27 @@ def _addmm_(out:Tensor, A:Tensor, B:Tensor)->Tensor:
 class _BandedBias(torch.autograd.Function):
     "Attention with the bias `band[:, n-1+j-a] + a_q,a · a_k,j + qr_a · R[:, n-1+j-a]`, one block of query rows at a time on the CPU flash kernel: no `n x m` tensor."
     @staticmethod
-    def forward(ctx, q, k, v, band, aq, ak, qr, R, scale, causal, block):
+    def forward(ctx, q, k, v, band, aq, ak, qr, R, Tq, Tk, I, scale, causal, block):
         b, h, n, e = q.shape
         m = k.shape[2]
+        tables = None if I is None else (Tq, Tk, I)
         out = q.new_empty(b, h, n, v.shape[-1])
         lse = None
         with torch.no_grad(), flush_denormals():
             for r0 in range(0, n, block):   # rows reversed inside a block: then each row's band window is a view
                 r1 = min(n, r0 + block); c = m - n + r1 if causal else m   # causal: keys past the block's last query are hidden
                 o, l = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-                    q[:, :, r0:r1].flip(2), k[:, :, :c], v[:, :, :c], 0.0, False, attn_mask=_banded_block(band, aq, ak, qr, R, r0, r1, c, n, q.dtype), scale=scale)
+                    q[:, :, r0:r1].flip(2), k[:, :, :c], v[:, :, :c], 0.0, False, attn_mask=_banded_block(band, aq, ak, qr, R, r0, r1, c, n, q.dtype, tables=tables), scale=scale)
                 if lse is None: lse = l.new_empty(b, h, n)
                 out[:, :, r0:r1] = o.flip(2); lse[:, :, r0:r1] = l.flip(2)
-        ctx.save_for_backward(q, k, v, band, aq, ak, qr, R, out, lse)
+        ctx.save_for_backward(q, k, v, band, aq, ak, qr, R, Tq, Tk, I, out, lse)
         ctx.scale, ctx.causal, ctx.block = scale, causal, block
         return out
 
     @staticmethod
     def backward(ctx, go):
-        q, k, v, band, aq, ak, qr, R, out, lse = ctx.saved_tensors
+        q, k, v, band, aq, ak, qr, R, Tq, Tk, I, out, lse = ctx.saved_tensors
+        tables = None if I is None else (Tq, Tk, I)
         scale, causal, block = ctx.scale, ctx.causal, ctx.block
         b, h, n, e = q.shape
         m = k.shape[2]
@@ -447,7 +456,9 @@ class _BandedBias(torch.autograd.Function):
         dak = ak.new_zeros(b, h, m, ak.shape[-1], dtype=ct) if need[5] else None
         dqr = qr.new_zeros(b, h, n, qr.shape[-1], dtype=ct) if need[6] else None
         dR = R.new_zeros(b, h, R.shape[1], R.shape[-1], dtype=ct) if need[7] else None
-        D = (go.to(ct) * out.to(ct)).sum(-1, keepdim=True) if any(need[3:8]) else None   # rowsum(dO ⊙ O)
+        dTq = Tq.new_zeros(b, h, n, Tq.shape[-1], dtype=ct) if need[8] else None
+        dTk = Tk.new_zeros(b, h, m, Tk.shape[-1], dtype=ct) if need[9] else None
+        D = (go.to(ct) * out.to(ct)).sum(-1, keepdim=True) if any(need[3:10]) else None   # rowsum(dO ⊙ O)
         with torch.no_grad(), flush_denormals():
             rows = lambda r0, r1: (*(t[:, :, r0:r1].flip(2) for t in (q, go, out, lse)), m - n + r1 if causal else m)
             def skewed(r, c):   # zeros, and the view `ds` [b, h, r, c] of it where reversed row t, key j sits at column t + j
@@ -469,21 +480,27 @@ class _BandedBias(torch.autograd.Function):
                     g = skew.view(b, h, r, W)
                     if dqr is not None: dqr[:, :, r0:r1] = (g @ R[:, n - r1 : n - r1 + W]).flip(2)
                     if dR is not None: dR[:, :, n - r1 : n - r1 + W] += g.transpose(-1, -2) @ qr[:, :, r0:r1].flip(2)
+                if tables is not None:   # the tables' gradients: each pair's gradient added to the row its index picked
+                    idx = _hankel(I[None], r0, r1, c, n)
+                    if dTq is not None:
+                        dTq[:, :, r0:r1] = dTq.new_zeros(b, h, r, dTq.shape[-1]).scatter_add_(-1, idx.expand(b, h, r, c), ds).flip(2)
+                    if dTk is not None:
+                        dTk[:, :, :c] += dTk.new_zeros(b, h, c, dTk.shape[-1]).scatter_add_(-1, idx.transpose(-1, -2).expand(b, h, c, r), ds.transpose(-1, -2))
             # one pass per block: the flash kernel's own backward for q, k and v, then ∂loss/∂bias recomputed from the same bias
             # in a skewed buffer: reversed row t and key j at column t + j, so that a band distance is a column and its gradient a
             # column sum. A bias block that must be computed (a low-rank or a content term) is summed into that buffer itself, one
             # block buffer, not two; a band's view is read as it is, and its gradient taken after the kernel's backward, a quarter
             # of the block's rows at a time: its two buffers then stay below the kernel's own workspace
-            fill = D is not None and (aq is not None or qr is not None)
+            fill = D is not None and (aq is not None or qr is not None or tables is not None)
             sub = max(16, block // 4)
             for r0 in range(0, n, block):
                 r1 = min(n, r0 + block)
                 qb, gb, ob, lb, c = rows(r0, r1)
                 if fill:
                     skew, ds = skewed(r1 - r0, c)
-                    bias = _banded_block(band, aq, ak, qr, R, r0, r1, c, n, q.dtype, out=ds)
+                    bias = _banded_block(band, aq, ak, qr, R, r0, r1, c, n, q.dtype, out=ds, tables=tables)
                     if bias is not ds: ds.copy_(bias)   # bf16/fp16: the gradient reads the bias the forward rounded
-                else: bias = _banded_block(band, aq, ak, qr, R, r0, r1, c, n, q.dtype)
+                else: bias = _banded_block(band, aq, ak, qr, R, r0, r1, c, n, q.dtype, tables=tables)
                 if any(need[:3]):
                     a_, k_, v_ = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
                         gb.contiguous(), qb, k[:, :, :c], v[:, :, :c], ob, lb, 0.0, False, attn_mask=bias, scale=scale)
@@ -500,7 +517,8 @@ class _BandedBias(torch.autograd.Function):
                     bias_grad(s0, s1, skew, ds); del skew, ds
         fit = lambda g, t: None if g is None else _sum_to(g, t.shape).to(t.dtype)
         if dband is not None: dband = _sum_to(dband.view(b, h, -1).sum(0), band.shape).to(band.dtype)
-        return dq, dk, dv, dband, fit(daq, aq), fit(dak, ak), fit(dqr, qr), fit(None if dR is None else dR.sum(0), R), None, None, None
+        return (dq, dk, dv, dband, fit(daq, aq), fit(dak, ak), fit(dqr, qr), fit(None if dR is None else dR.sum(0), R),
+                fit(dTq, Tq), fit(dTk, Tk), None, None, None, None)
 
 def _fold_low_rank(q:Tensor, k:Tensor, v:Tensor, aq:Tensor, ak:Tensor, scale:float)->tuple:
     "`q' = [q, a_q / scale]`, `k' = [k, a_k]`, `v` with zero columns: `scale q'·k'` is the logit plus the low-rank term, and the three share one head width (the flash kernel's rule)."
@@ -520,10 +538,11 @@ def banded_bias_attention(q:Tensor, # `[b, h, n, e]`
                           causal:bool=False, # hide key `j > a + m - n` (the queries are the last `n` keys)
                           block:Optional[int]=None, # query rows per block; default about 2M scores, `n / 8` rows at most
                           band_keys:Optional[tuple]=None, # `(qr [b, h, n, f], R [h, n + m - 1, f])`: adds `qr_a · R[:, n - 1 + j - a]` (a content term per distance)
+                          band_tables:Optional[tuple]=None, # `(Tq [b, h, n, T] or None, Tk [b, h, m, T] or None, I [n + m - 1] int)`: adds `Tq[a, I[n - 1 + j - a]] + Tk[j, I[n - 1 + j - a]]` (content terms read from a few rows per distance)
                           fold:Optional[bool]=None, # float32/float64: the low-rank term as extra columns of `q` and `k`, which the flash kernel multiplies; `None`: where its rank is at most `e / 8`; `False`: summed into each bias block
                          )->Optional[Tensor]: # `[b, h, n, e_v]`, or `None` where the CPU flash kernel cannot run these inputs
     "`softmax(scale q kᵀ + bias) v` for a bias given by a band (a value per distance) plus a low-rank term: no `n x m` tensor, forward or backward."
-    if q.device.type != 'cpu' or torch.compiler.is_compiling() or _transforms_active() or (band is None and low_rank is None and band_keys is None and not causal): return None
+    if q.device.type != 'cpu' or torch.compiler.is_compiling() or _transforms_active() or (band is None and low_rank is None and band_keys is None and band_tables is None and not causal): return None
     b, h, n, e = q.shape
     m = k.shape[2]
     if band is not None and (band.ndim != 2 or band.shape[-1] != n + m - 1 or band.shape[0] not in (1, h)):
@@ -534,26 +553,35 @@ def banded_bias_attention(q:Tensor, # `[b, h, n, e]`
     if R is not None and (R.ndim != 3 or R.shape[:2] != (h, n + m - 1) or qr.shape[:3] != (b, h, n) or qr.shape[-1] != R.shape[-1]):
         raise ValueError(f"`band_keys` are {list(qr.shape)} and {list(R.shape)}: for {b} x {h} heads, {n} queries and {m} keys they must be "
                          f"[{b}, {h}, {n}, f] and [{h}, {n + m - 1}, f]")
+    Tq, Tk, I = band_tables if band_tables is not None else (None, None, None)
+    if band_tables is not None:
+        T = next(t.shape[-1] for t in (Tq, Tk) if t is not None)
+        for t, rows, nm in ((Tq, n, 'Tq'), (Tk, m, 'Tk')):
+            if t is not None and (t.ndim != 4 or t.shape != (b, h, rows, T)):
+                raise ValueError(f"`band_tables`' {nm} is {list(t.shape)}: for {b} x {h} heads and {rows} rows it must be [{b}, {h}, {rows}, {T}]")
+        if I.shape != (n + m - 1,) or I.is_floating_point() or bool((I < 0).any() | (I >= T).any()):
+            raise ValueError(f"`band_tables`' index must be {n + m - 1} integers in [0, {T}), got shape {list(I.shape)}")
     from torch.nn.attention import SDPBackend
     # a narrow low-rank term (FoX's rank 2) rides in q and k; a wide one (TUPE's, rank e) costs less in the bias blocks than a doubled head width
     if aq is not None and q.dtype == torch.promote_types(q.dtype, torch.float32) and (fold or fold is None and 8 * aq.shape[-1] <= e):
         q, k, v2 = _fold_low_rank(q, k, v, aq, ak, scale)   # scale q'·k' = scale q·k + a_q·a_k: no bias block for this term
-        if band is None and qr is None and (not causal or n == m):   # nothing left but the causal rule: the flash kernel alone
+        if band is None and qr is None and I is None and (not causal or n == m):   # nothing left but the causal rule: the flash kernel alone
             if torch._fused_sdp_choice(q[:, :, :1], k[:, :, :1], v2[:, :, :1], None, 0.0, False, scale=scale) != SDPBackend.FLASH_ATTENTION.value: return None
             out = F.scaled_dot_product_attention(q, k, v2, is_causal=causal, scale=scale)
-        else: out = banded_bias_attention(q, k, v2, band, None, scale, causal, block, band_keys, fold=False)
+        else: out = banded_bias_attention(q, k, v2, band, None, scale, causal, block, band_keys, band_tables, fold=False)
         return None if out is None else out[..., :v.shape[-1]]
     if causal:   # the pairs `j > a + m - n` are the band's columns from `m` on: -inf there hides them
         band = q.new_zeros(1, n + m - 1) if band is None else band.clone()
         band[:, m:] = float('-inf')
     ct = torch.promote_types(q.dtype, torch.float32)   # a low-rank term is summed in float32 at least (FoX's c_i - c_j of two large sums)
-    if band is not None: band = band.to(q.dtype if aq is None and qr is None else ct).contiguous()
+    if band is not None: band = band.to(q.dtype if aq is None and qr is None and I is None else ct).contiguous()
     if aq is not None: aq, ak = aq.to(ct), ak.to(ct)
     if qr is not None: qr, R = qr.to(ct), R.to(ct)
+    if I is not None: Tq, Tk, I = (None if Tq is None else Tq.to(ct)), (None if Tk is None else Tk.to(ct)), I.long().contiguous()
     if torch._fused_sdp_choice(q[:, :, :1], k[:, :, :1], v[:, :, :1], None, 0.0, False, scale=scale) != SDPBackend.FLASH_ATTENTION.value: return None
     # rows per block: about 2M scores at a time, and an eighth of the rows at most, so the blocks stay small beside `n x m`
     block = min(n, max(16, block or min((1 << 21) // max(1, b * h * m), n // 8)))
-    return _BandedBias.apply(q, k, v, band, aq, ak, qr, R, scale, causal, block)
+    return _BandedBias.apply(q, k, v, band, aq, ak, qr, R, Tq, Tk, I, scale, causal, block)
 
 
 # %% ../nbs/00_core.ipynb #d9d15893
@@ -661,6 +689,9 @@ class PositionalEmbedding(nn.Module):
         return None
     def banded_logits(self, q:Tensor, positions_q:Tensor, positions_k:Tensor)->Optional[tuple]:
         "`qk_bias` as `(qr [b, h, n, f], R [h, n + m - 1, f])`, the logit of pair `(a, j)` being `qr_a · R[n - 1 + j - a]`, or `None` where it has no such form."
+        return None
+    def banded_tables(self, q:Tensor, k:Tensor, positions_q:Tensor, positions_k:Tensor)->Optional[tuple]:
+        "`qk_bias` as `(Tq [b, h, n, T] or None, Tk [b, h, m, T] or None, I [n + m - 1])`, the logit of pair `(a, j)` being `Tq[a, I[n - 1 + j - a]] + Tk[j, I[n - 1 + j - a]]` (a few rows per distance: DeBERTa's buckets), or `None`."
         return None
     def token_data(self, x:Tensor, positions:Tensor, past:Optional[tuple]=None)->Optional[Tensor]:
         "Data-dependent schemes only: per-token data `[b, 1|h, n]` from hidden states `x` `[b, n, d]`; `past` is the cache's `(positions, data)`."
@@ -885,9 +916,13 @@ class PositionalEmbedding(nn.Module):
             if bool((pq < 0).any() | (pk < 0).any()) or (causal and not _aligned(pq, pk)): return None
         elif causal and n != m: return None
         parts = self.banded_bias(pq, pk, **self._data_kw(dq, dk)) if self.has_bias else (None, None)
-        keys = self.banded_logits(q, pq, pk) if self.has_qk_bias else None
-        if parts is None or (self.has_qk_bias and keys is None): return None
-        return banded_bias_attention(q if qt is None else qt, k, v, parts[0], parts[1], scale, causal, band_keys=keys)
+        if parts is None: return None
+        keys = tables = None
+        if self.has_qk_bias:   # the content term in the form defined with it: tables (read per distance) or a band of keys
+            if _form_current(self, 'banded_tables', 'qk_bias'): tables = self.banded_tables(q, k, pq, pk)
+            else: keys = self.banded_logits(q, pq, pk)
+            if keys is None and tables is None: return None
+        return banded_bias_attention(q if qt is None else qt, k, v, parts[0], parts[1], scale, causal, band_keys=keys, band_tables=tables)
 
     def _flex_attention(self, q, k, v, pq, pk, causal, attn_mask, dq=None, dk=None):
         fx = _flex()
@@ -965,12 +1000,15 @@ class PositionalEmbedding(nn.Module):
         "Named instances that `pe check` and the property suite run (one per variant worth checking)."
         return {}
 
+def _form_current(pe, form:str, term:str)->bool:
+    "Whether hook `form` is defined (below the base class) at or below the class that defines `term`, the method it stands for."
+    at = lambda name: next(c for c in type(pe).__mro__ if name in c.__dict__)
+    return at(form) is not PositionalEmbedding and issubclass(at(form), at(term))
+
 def _banded_form_current(pe)->bool:
     "Whether `pe`'s banded forms are defined at or below the classes that define the terms they stand for (a subclass that changes a term without its form opts out)."
-    mro = type(pe).__mro__
-    at = lambda name: next(c for c in mro if name in c.__dict__)
-    ok = lambda form, term: at(form) is not PositionalEmbedding and issubclass(at(form), at(term))
-    return (not pe.has_bias or ok('banded_bias', 'dense_bias')) and (not pe.has_qk_bias or ok('banded_logits', 'qk_bias'))
+    return ((not pe.has_bias or _form_current(pe, 'banded_bias', 'dense_bias'))
+            and (not pe.has_qk_bias or _form_current(pe, 'banded_tables', 'qk_bias') or _form_current(pe, 'banded_logits', 'qk_bias')))
 
 
 # %% ../nbs/00_core.ipynb #a7ad07ce

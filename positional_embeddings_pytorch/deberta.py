@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from typing import Optional
 from .core import *
 from .distance import *
+from .distance import _band_deltas
 
 # %% ../nbs/17_deberta.ipynb #9e46e999
 #| code-fold: true
@@ -148,6 +149,18 @@ class DebertaPositionalEmbedding(DistanceEmbedding):
             p2c = self.distance_logits(k * s, positions_k, positions_q, keys=self.p2c_keys).transpose(-1, -2)
             out = p2c if out is None else out + p2c
         return out
+
+    def banded_tables(self, q, k, positions_q, positions_k):
+        r"On consecutive positions, both terms read per distance from the table's rows: `Tq` $= s\,q\,(K^r)^\top$, `Tk` $= s\,k\,(Q^r)^\top$ (`[b, h, n|m, 2k]`), and `I` the row of each of the `n + m - 1` distances: `attention` takes them without an `n x m` tensor."
+        if self.method not in ('auto', 'shift'): return None
+        path, delta = self._path(positions_q, positions_k, bias=True)   # consecutive positions: the engine's test
+        if path != 'shift': return None
+        self._check_qk(q)
+        s = self.logit_scale(q.shape[-1])
+        rows = lambda proj: self._projected(proj, slice(None)).to(q.dtype).transpose(-1, -2)   # [h, e, 2k]
+        Tq = (q * s) @ rows(self.pos_key_proj) if 'c2p' in self.pos_att_type else None
+        Tk = (k * s) @ rows(self.pos_query_proj) if 'p2c' in self.pos_att_type else None   # p2c of pair (i, j) reads row I[j - i] too
+        return Tq, Tk, self.relative_index(_band_deltas(positions_q, positions_k, delta))
 
     def extra_repr(self)->str:
         return (f"{super().extra_repr()}, head_dim={self.head_dim}, d_model={self.d_model}, position_buckets={self.position_buckets}, "

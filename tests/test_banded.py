@@ -141,9 +141,10 @@ def test_fox_gates_as_a_rank_two_term_equal_the_reference_with_gate_gradients():
 def content_schemes():
     from positional_embeddings_pytorch.transformer_xl import TransformerXLPositionalEmbedding
     from positional_embeddings_pytorch.enformer import EnformerPositionalEmbedding
+    from positional_embeddings_pytorch.deberta import DebertaPositionalEmbedding
     torch.manual_seed(5)
     out = {}
-    for cls in (TransformerXLPositionalEmbedding, EnformerPositionalEmbedding):
+    for cls in (TransformerXLPositionalEmbedding, EnformerPositionalEmbedding, DebertaPositionalEmbedding):
         for nm, pe in cls.examples(d_model=H * E, num_heads=H).items(): out[nm] = pe
     return out
 
@@ -156,3 +157,39 @@ def test_content_term_per_distance_on_the_banded_path_equals_reference(name, lay
     pk = torch.arange(m) + p0
     pq = pk[m - n:] if causal else torch.arange(n) + 2
     assert_banded_equals_reference(pe, pq, pk, causal, dense='qk_bias', seed=6)
+
+def tables_reference(q, k, v, band, tables, scale, causal):
+    "float64 definition of `band_tables`: pair (a, j) reads row I[n-1+j-a] of the query's table and of the key's."
+    n, m = q.shape[2], k.shape[2]
+    a, j = torch.arange(n)[:, None], torch.arange(m)[None]
+    Tq, Tk, I = tables
+    idx = I[n - 1 + j - a]
+    s = scale * q @ k.transpose(-1, -2) + band[:, n - 1 + j - a][None]
+    if Tq is not None: s = s + Tq[:, :, a, idx]   # [b, h, n, m]: row a of Tq, column I[...]
+    if Tk is not None: s = s + Tk[:, :, j, idx]
+    if causal: s = s.masked_fill(j > a + m - n, float('-inf'))
+    return torch.softmax(s, -1) @ v
+
+@pytest.mark.parametrize('b,h,n,m,causal,T,with_q,with_k,block', [(1, 2, 7, 7, True, 5, True, True, 3), (2, 2, 5, 9, True, 4, True, False, 2),
+                                                                   (2, 1, 6, 4, False, 3, False, True, 4), (1, 2, 6, 6, False, 6, True, True, 16)])
+def test_band_tables_equal_their_definition_with_gradients(b, h, n, m, causal, T, with_q, with_k, block):
+    torch.manual_seed(7)
+    q, k, v = (torch.randn(b, h, x, 4, dtype=torch.float64, requires_grad=True) for x in (n, m, m))
+    Tq = torch.randn(b, h, n, T, dtype=torch.float64, requires_grad=True) if with_q else None
+    Tk = torch.randn(b, h, m, T, dtype=torch.float64, requires_grad=True) if with_k else None
+    I = torch.randint(0, T, (n + m - 1,))
+    band = torch.randn(1, n + m - 1, dtype=torch.float64, requires_grad=True)
+    got = banded_bias_attention(q, k, v, band, None, 0.5, causal, block=block, band_tables=(Tq, Tk, I))
+    torch.testing.assert_close(got, tables_reference(q, k, v, band, (Tq, Tk, I), 0.5, causal), rtol=1e-12, atol=1e-13)
+    ins = [t for t in (q, k, v, band, Tq, Tk) if t is not None]
+    def f(q, k, v, band, *t):
+        t = list(t)
+        return banded_bias_attention(q, k, v, band, None, 0.5, causal, block=block,
+                                     band_tables=(t.pop(0) if with_q else None, t.pop(0) if with_k else None, I))
+    assert torch.autograd.gradcheck(f, ins)
+
+def test_band_tables_check_their_shapes_and_index():
+    q, k, v = torch.randn(3, 1, 2, 5, 4).unbind(0)
+    Tq = torch.randn(1, 2, 5, 3)
+    with pytest.raises(ValueError, match=r'\[1, 2, 5, 3\]'): banded_bias_attention(q, k, v, None, None, 0.5, band_tables=(Tq[:, :, :4], None, torch.zeros(9, dtype=torch.long)))
+    with pytest.raises(ValueError, match=r'9 integers in \[0, 3\)'): banded_bias_attention(q, k, v, None, None, 0.5, band_tables=(Tq, None, torch.full((9,), 3)))
