@@ -21,7 +21,8 @@ def _same_tensor(a:Tensor, b:Tensor)->bool:
     "Whether `a` and `b` view the same elements (checked without reading them); under `torch.compile` only identity counts."
     if a is b: return True
     if torch.compiler.is_compiling(): return False
-    return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride() and a.dtype == b.dtype
+    try: return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride() and a.dtype == b.dtype
+    except RuntimeError: return False   # a tensor with no storage of its own (inside torch.func transforms): identity only
 
 class UnifiedPositionalEmbedding(DistanceEmbedding):
     "TUPE: an untied absolute positional term with its own projections, an optional T5 relative bias, and a learned `[CLS]` reset."
