@@ -400,9 +400,8 @@ def _banded_block(band, aq, ak, qr, R, r0, r1, c, n, dtype,
     if tables is not None:   # a row of the query's table and of the key's, picked by the distance's index: the index is a Hankel view too
         Tq, Tk, I = tables
         idx = _hankel(I[None], r0, r1, c, n)
-        for t in (None if Tq is None else Tq[:, :, r0:r1].flip(2).gather(-1, idx.expand(*Tq.shape[:2], r1 - r0, c)),
-                  None if Tk is None else Tk[:, :, :c].gather(-1, idx.transpose(-1, -2).expand(*Tk.shape[:2], c, r1 - r0)).transpose(-1, -2)):
-            if t is not None: lo = t if lo is None else lo.add_(t)
+        if Tq is not None: lo = _add_to(lo, Tq[:, :, r0:r1].flip(2).gather(-1, idx.expand(*Tq.shape[:2], r1 - r0, c)))
+        if Tk is not None: lo = _add_to(lo, Tk[:, :, :c].gather(-1, idx.transpose(-1, -2).expand(*Tk.shape[:2], c, r1 - r0)).transpose(-1, -2))
     if qr is not None:   # qr_a · R[n-1+j-a]: the block's rows against their window of distances, read through the skew view
         rel = _skew(qr[:, :, r0:r1].flip(2) @ R[:, n - r1 : n - r1 + (r1 - r0) + c - 1].transpose(-1, -2), c)
         lo = rel if lo is None else lo.add_(rel)   # a view of a fresh buffer: the terms below are added into it
@@ -413,6 +412,10 @@ def _banded_block(band, aq, ak, qr, R, r0, r1, c, n, dtype,
         hb = _hankel(band, r0, r1, c, n)   # last: the band's view is never written
         lo = hb if lo is None else lo.add_(hb)
     return lo.to(dtype)
+
+def _add_to(lo:Optional[Tensor], t:Tensor)->Tensor:
+    "`lo += t` in place, or `t` where there is no `lo` yet."
+    return t if lo is None else lo.add_(t)
 
 def _addmm_(out:Tensor, A:Tensor, B:Tensor)->Tensor:
     "`out += A @ B` in place, for `out` `[b, h, r, c]` of any strides and `A` `[1|b, 1|h, r, k]`, `B` `[1|b, 1|h, k, c]`: no `r x c` temporary."
@@ -464,8 +467,7 @@ class _BandedBias(torch.autograd.Function):
             def skewed(r, c):   # zeros, and the view `ds` [b, h, r, c] of it where reversed row t, key j sits at column t + j
                 skew = q.new_zeros(b * h, r, r + c - 1, dtype=ct)
                 return skew, skew.as_strided((b, h, r, c), (h * r * (r + c - 1), r * (r + c - 1), r + c, 1))
-            def bias_grad(r0, r1, skew, ds):   # rows r1-1..r0, whose bias `ds` holds: ∂loss/∂bias = P ⊙ (dP − D), and its reductions
-                qb, gb, ob, lb, c = rows(r0, r1)
+            def bias_grad(r0, r1, skew, ds, qb, gb, lb, c):   # rows r1-1..r0 (reversed: `qb`, `gb`, `lb`), whose bias `ds` holds: ∂loss/∂bias = P ⊙ (dP − D), and its reductions
                 kb, vb = k[:, :, :c], v[:, :, :c]
                 r = r1 - r0; W = r + c - 1
                 ds.sub_(lb.to(ct)[..., None])
@@ -505,20 +507,27 @@ class _BandedBias(torch.autograd.Function):
                     a_, k_, v_ = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
                         gb.contiguous(), qb, k[:, :, :c], v[:, :, :c], ob, lb, 0.0, False, attn_mask=bias, scale=scale)
                     dq[:, :, r0:r1] = a_.flip(2); dk[:, :, :c] += k_; dv[:, :, :c] += v_
-                del bias, qb, gb, ob, lb
+                del bias, ob
                 if D is None: continue
                 if fill:
-                    bias_grad(r0, r1, skew, ds); del skew, ds
+                    bias_grad(r0, r1, skew, ds, qb, gb, lb, c); del skew, ds
                     continue
+                del qb, gb, lb
                 for s0 in range(r0, r1, sub):
                     s1 = min(r1, s0 + sub); cs = m - n + s1 if causal else m
                     skew, ds = skewed(s1 - s0, cs)
                     ds.copy_(_banded_block(band, aq, ak, qr, R, s0, s1, cs, n, q.dtype))
-                    bias_grad(s0, s1, skew, ds); del skew, ds
+                    qs, gs, _, ls, _ = rows(s0, s1)
+                    bias_grad(s0, s1, skew, ds, qs, gs, ls, cs); del skew, ds
         fit = lambda g, t: None if g is None else _sum_to(g, t.shape).to(t.dtype)
         if dband is not None: dband = _sum_to(dband.view(b, h, -1).sum(0), band.shape).to(band.dtype)
         return (dq, dk, dv, dband, fit(daq, aq), fit(dak, ak), fit(dqr, qr), fit(None if dR is None else dR.sum(0), R),
                 fit(dTq, Tq), fit(dTk, Tk), None, None, None, None)
+
+def _flash_runs(q:Tensor, k:Tensor, v:Tensor, scale:float)->bool:
+    "Whether SDPA would pick the CPU flash kernel for these dtypes and head widths (asked of one query row)."
+    from torch.nn.attention import SDPBackend
+    return torch._fused_sdp_choice(q[:, :, :1], k[:, :, :1], v[:, :, :1], None, 0.0, False, scale=scale) == SDPBackend.FLASH_ATTENTION.value
 
 def _fold_low_rank(q:Tensor, k:Tensor, v:Tensor, aq:Tensor, ak:Tensor, scale:float)->tuple:
     "`q' = [q, a_q / scale]`, `k' = [k, a_k]`, `v` with zero columns: `scale q'·k'` is the logit plus the low-rank term, and the three share one head width (the flash kernel's rule)."
@@ -536,7 +545,7 @@ def banded_bias_attention(q:Tensor, # `[b, h, n, e]`
                           low_rank:Optional[tuple], # `(a_q [1|b, 1|h, n, r], a_k [1|b, 1|h, m, r])`: adds `a_q,a · a_k,j`
                           scale:float, # logit scale
                           causal:bool=False, # hide key `j > a + m - n` (the queries are the last `n` keys)
-                          block:Optional[int]=None, # query rows per block; default about 2M scores, `n / 8` rows at most
+                          block:Optional[int]=None, # query rows per block; default about 2M scores and `n / 8` rows at most (`n / 16` where a bias block is computed)
                           band_keys:Optional[tuple]=None, # `(qr [b, h, n, f], R [h, n + m - 1, f])`: adds `qr_a · R[:, n - 1 + j - a]` (a content term per distance)
                           band_tables:Optional[tuple]=None, # `(Tq [b, h, n, T] or None, Tk [b, h, m, T] or None, I [n + m - 1] int)`: adds `Tq[a, I[n - 1 + j - a]] + Tk[j, I[n - 1 + j - a]]` (content terms read from a few rows per distance)
                           fold:Optional[bool]=None, # float32/float64: the low-rank term as extra columns of `q` and `k`, which the flash kernel multiplies; `None`: where its rank is at most `e / 8`; `False`: summed into each bias block
@@ -561,12 +570,11 @@ def banded_bias_attention(q:Tensor, # `[b, h, n, e]`
                 raise ValueError(f"`band_tables`' {nm} is {list(t.shape)}: for {b} x {h} heads and {rows} rows it must be [{b}, {h}, {rows}, {T}]")
         if I.shape != (n + m - 1,) or I.is_floating_point() or bool((I < 0).any() | (I >= T).any()):
             raise ValueError(f"`band_tables`' index must be {n + m - 1} integers in [0, {T}), got shape {list(I.shape)}")
-    from torch.nn.attention import SDPBackend
     # a narrow low-rank term (FoX's rank 2) rides in q and k; a wide one (TUPE's, rank e) costs less in the bias blocks than a doubled head width
     if aq is not None and q.dtype == torch.promote_types(q.dtype, torch.float32) and (fold or fold is None and 8 * aq.shape[-1] <= e):
         q, k, v2 = _fold_low_rank(q, k, v, aq, ak, scale)   # scale q'·k' = scale q·k + a_q·a_k: no bias block for this term
         if band is None and qr is None and I is None and (not causal or n == m):   # nothing left but the causal rule: the flash kernel alone
-            if torch._fused_sdp_choice(q[:, :, :1], k[:, :, :1], v2[:, :, :1], None, 0.0, False, scale=scale) != SDPBackend.FLASH_ATTENTION.value: return None
+            if not _flash_runs(q, k, v2, scale): return None
             out = F.scaled_dot_product_attention(q, k, v2, is_causal=causal, scale=scale)
         else: out = banded_bias_attention(q, k, v2, band, None, scale, causal, block, band_keys, band_tables, fold=False)
         return None if out is None else out[..., :v.shape[-1]]
@@ -578,9 +586,13 @@ def banded_bias_attention(q:Tensor, # `[b, h, n, e]`
     if aq is not None: aq, ak = aq.to(ct), ak.to(ct)
     if qr is not None: qr, R = qr.to(ct), R.to(ct)
     if I is not None: Tq, Tk, I = (None if Tq is None else Tq.to(ct)), (None if Tk is None else Tk.to(ct)), I.long().contiguous()
-    if torch._fused_sdp_choice(q[:, :, :1], k[:, :, :1], v[:, :, :1], None, 0.0, False, scale=scale) != SDPBackend.FLASH_ATTENTION.value: return None
-    # rows per block: about 2M scores at a time, and an eighth of the rows at most, so the blocks stay small beside `n x m`
-    block = min(n, max(16, block or min((1 << 21) // max(1, b * h * m), n // 8)))
+    if not _flash_runs(q, k, v, scale): return None
+    # rows per block: about 2M scores at a time, and an eighth of the rows at most, so the blocks stay small beside `n x m`;
+    # a sixteenth where a bias block must be computed (a low-rank or a content term), a buffer of its own: `pe bench`'s training
+    # memory of TUPE, DeBERTa and Transformer-XL at L = 2048 falls by a fifth to a third, at the same speed (fewer rows than
+    # about 64 per block cost time: the 2M cap stays)
+    computed = aq is not None or qr is not None or I is not None
+    block = min(n, max(16, block or min((1 << 21) // max(1, b * h * m), n // (16 if computed else 8))))
     return _BandedBias.apply(q, k, v, band, aq, ak, qr, R, Tq, Tk, I, scale, causal, block)
 
 

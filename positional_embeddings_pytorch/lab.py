@@ -357,6 +357,8 @@ def run_lab(cfg:LabConfig, # what to run
         res = dict(config=cfg.experiment(), environment={}, corpus_sha256=_corpus_hash(), wall_time_s=0.0, complete=False,
                    tasks={}, skipped=[])
     res['environment'] = _environment(cfg.device)
+    session = dict(res['environment'], trained=[])   # a resumed run keeps each session's machine and what it trained
+    res.setdefault('sessions', []).append(session)
     plan = []
     for tname in cfg.tasks:
         task = cfg.make_task(tname)
@@ -387,6 +389,7 @@ def run_lab(cfg:LabConfig, # what to run
                                cfg.lr, rnd, sr['max_position'], device=cfg.device,
                                tick=(lambda u, w=w(task): bar.update(u * w)) if bar else (lambda u: None))
         sr['seeds'].append(seed); sr['train_s'].append(round(r['train_s'], 2)); sr['final_loss'].append(r['final_loss'])
+        session['trained'].append(f"{tname} {k} seed {seed}")
         for n, v in r['values'].items(): sr['values'][str(n)].append(v)
         for n, v in r['token_accuracy'].items(): sr['token_accuracy'].setdefault(str(n), []).append(v)
         for n, v in r['notes'].items(): sr['notes'][str(n)] = v
@@ -438,6 +441,14 @@ def results_markdown(res:dict)->str:
         notes = [f"{k} from length {first(s)} on: {s['notes'][first(s)]}" for k, s in t['schemes'].items() if s['notes']]
         if notes: lines += [''] + [f"n/a: {v}" for v in notes]
     if res.get('skipped'): lines += ['', f"Not trained (no `examples()`): {', '.join(res['skipped'])}"]
+    done = [s for s in res.get('sessions', []) if s['trained']]
+    if len(done) > 1:   # resumed: say which machine trained which models
+        lines += ['', f"Trained in {len(done)} sessions (`--resume`):"]
+        for s in done:
+            by = {}
+            for u in s['trained']: t, k, _, _ = u.split(' '); by.setdefault(t, []).append(k)
+            what = '; '.join(f"{t}: {', '.join(dict.fromkeys(ks))}" for t, ks in by.items())
+            lines.append(f"- {s['date']}, CPU {s['cpu']}, torch {s['torch']}: {len(s['trained'])} models ({what})")
     return '\n'.join(lines)
 
 def plot_results(res:dict, out, show:bool=False)->list:

@@ -87,6 +87,13 @@ def test_interrupted_run_resumes_to_the_same_numbers(tiny_run, tmp_path, monkeyp
     for tname, t in full['tasks'].items():
         for key, s in t['schemes'].items():
             assert res['tasks'][tname]['schemes'][key]['values'] == s['values'], (tname, key)
+    # each session is on record with what it trained: two before the interruption, the rest after
+    assert [len(s['trained']) for s in res['sessions']] == [2, n_units - 2]
+    assert sorted(sum((s['trained'] for s in res['sessions']), [])) == sorted(
+        f"{t} {k} seed {i}" for t, tr in res['tasks'].items() for k, s in tr['schemes'].items() for i in s['seeds'])
+    md = (tmp_path / 'results.md').read_text()
+    assert 'Trained in 2 sessions' in md and f"{n_units - 2} models" in md
+    assert len(full['sessions']) == 1 and 'sessions (`--resume`)' not in (d / 'results.md').read_text()   # one session: no such list
 
 def test_refusals(tiny_run, tmp_path):
     d, res, out = tiny_run
