@@ -357,7 +357,7 @@ def run_lab(cfg:LabConfig, # what to run
         res = dict(config=cfg.experiment(), environment={}, corpus_sha256=_corpus_hash(), wall_time_s=0.0, complete=False,
                    tasks={}, skipped=[])
     res['environment'] = _environment(cfg.device)
-    session = dict(res['environment'], trained=[])   # a resumed run keeps each session's machine and what it trained
+    session = dict(res['environment'], trained=[], wall_s=0.0)   # a resumed run keeps each session's machine, what it trained, how long it took
     res.setdefault('sessions', []).append(session)
     plan = []
     for tname in cfg.tasks:
@@ -393,7 +393,7 @@ def run_lab(cfg:LabConfig, # what to run
         for n, v in r['values'].items(): sr['values'][str(n)].append(v)
         for n, v in r['token_accuracy'].items(): sr['token_accuracy'].setdefault(str(n), []).append(v)
         for n, v in r['notes'].items(): sr['notes'][str(n)] = v
-        res['wall_time_s'] = round(wall0 + time.time() - t_start, 1)
+        res['wall_time_s'] = round(wall0 + time.time() - t_start, 1); session['wall_s'] = round(time.time() - t_start, 1)
         _write_json(path, res)
     if bar: bar.close()
     res['complete'] = True
@@ -448,7 +448,7 @@ def results_markdown(res:dict)->str:
             by = {}
             for u in s['trained']: t, k, _, _ = u.split(' '); by.setdefault(t, []).append(k)
             what = '; '.join(f"{t}: {', '.join(dict.fromkeys(ks))}" for t, ks in by.items())
-            lines.append(f"- {s['date']}, CPU {s['cpu']}, torch {s['torch']}: {len(s['trained'])} models ({what})")
+            lines.append(f"- {s['date']}, CPU {s['cpu']}, torch {s['torch']}: {len(s['trained'])} models in {s.get('wall_s', 0) / 60:.1f} min ({what})")
     return '\n'.join(lines)
 
 def plot_results(res:dict, out, show:bool=False)->list:
@@ -457,22 +457,30 @@ def plot_results(res:dict, out, show:bool=False)->list:
     except ImportError: return []
     if show: import matplotlib.pyplot as plt   # inline display; files alone need no backend
     paths = []
+    from matplotlib import colormaps
+    tab = colormaps['tab20']
     for tname, t in res['tasks'].items():
-        fig = plt.figure(figsize=(6.4, 4.2)) if show else Figure(figsize=(6.4, 4.2))
+        many = len({s['scheme'] for s in t['schemes'].values()}) > 8   # the legend goes beside the axes
+        size = (8.6, 4.6) if many else (6.4, 4.2)
+        fig = plt.figure(figsize=size) if show else Figure(figsize=size)
         ax = fig.subplots()
         lens = t['eval_lengths']
         colors = {}
+        # a colour and a marker per scheme: tab20's dark shades first, then its light ones, so no two schemes look alike
+        style = lambda i: dict(color=tab((2 * i) % 20 + (i // 10) % 2), marker='os^Dv<>PX*'[i % 10])
         for k, s in t['schemes'].items():
             pts = [(n, *summarize(s['values'][str(n)])) for n in lens]
             pts = [(n, m, sd) for n, m, sd in pts if m is not None]
             if not pts: continue
             xs, ms, sds = zip(*pts)
-            ax.errorbar(xs, ms, yerr=sds, marker='o', ms=3, capsize=2, label=k, color=f"C{colors.setdefault(s['scheme'], len(colors)) % 10}",
-                        ls='--' if s['randomized'] else '-')
+            ax.errorbar(xs, ms, yerr=sds, ms=4, capsize=2, label=k, ls='--' if s['randomized'] else '-',
+                        **style(colors.setdefault(s['scheme'], len(colors))))
         ax.axvline(t['train_len'], color='gray', ls=':', lw=1); ax.text(t['train_len'], ax.get_ylim()[1], ' train length', va='top', fontsize=8, color='gray')
         ax.set_xscale('log', base=2); ax.set_xticks(lens); ax.set_xticklabels([str(n) for n in lens])
         ax.set_xlabel('evaluation length' + (' (tokens)' if tname == 'lm' else ' (symbols per string)')); ax.set_ylabel(t['metric'])
-        ax.set_title(f"{tname}: {t['metric']} against length (trained at {t['train_len']})"); ax.legend(fontsize=7, ncol=2)
+        ax.set_title(f"{tname}: {t['metric']} against length (trained at {t['train_len']})")
+        if many: ax.legend(fontsize=7, loc='upper left', bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+        else: ax.legend(fontsize=7, ncol=2)
         fig.tight_layout()
         p = Path(out) / f"lab_{tname}.png"; fig.savefig(p, dpi=110)
         if show: plt.show(); plt.close(fig)
