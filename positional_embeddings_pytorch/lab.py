@@ -446,9 +446,10 @@ def results_markdown(res:dict)->str:
         lines += ['', f"Trained in {len(done)} sessions (`--resume`):"]
         for s in done:
             by = {}
-            for u in s['trained']: t, k, _, _ = u.split(' '); by.setdefault(t, []).append(k)
+            for u in s['trained']:   # 'task key seed i'; a variant's key may hold spaces
+                t, rest = u.split(' ', 1); by.setdefault(t, []).append(rest.rsplit(' seed ', 1)[0])
             what = '; '.join(f"{t}: {', '.join(dict.fromkeys(ks))}" for t, ks in by.items())
-            lines.append(f"- {s['date']}, CPU {s['cpu']}, torch {s['torch']}: {len(s['trained'])} models in {s.get('wall_s', 0) / 60:.1f} min ({what})")
+            lines.append(f"- {s['date']}, CPU {s['cpu']}, torch {s['torch']}: {len(s['trained'])} model{'s' * (len(s['trained']) != 1)} in {s.get('wall_s', 0) / 60:.1f} min ({what})")
     return '\n'.join(lines)
 
 def plot_results(res:dict, out, show:bool=False)->list:

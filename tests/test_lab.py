@@ -127,3 +127,16 @@ def test_a_new_scheme_appears_with_no_change_to_the_lab(tmp_path):
     finally:
         del LabProbe; gc.collect()   # keep the probe out of the catalogue of the other tests
     assert 'lab-probe' not in [k for k, _, _ in lab.lab_schemes()[0]]
+
+def test_sessions_listed_with_variant_keys(tiny_run):
+    "A resumed run's sessions are listed per task, and a variant's key may hold spaces."
+    d, res, out = tiny_run
+    res = json.loads(json.dumps(res))
+    env = {k: res['environment'][k] for k in ('date', 'cpu', 'torch')}
+    res['sessions'] = [dict(env, trained=['lm alibi seed 0', 'lm cope/cope (max_pos=4, special reset) seed 0'], wall_s=60.0),
+                       dict(env, trained=[], wall_s=0.0),   # a resume that found nothing to do
+                       dict(env, trained=['copy t5+rand seed 1'], wall_s=30.0)]
+    md = lab.results_markdown(res)
+    assert 'Trained in 2 sessions' in md
+    assert '2 models in 1.0 min (lm: alibi, cope/cope (max_pos=4, special reset))' in md
+    assert '1 model in 0.5 min (copy: t5+rand)' in md
