@@ -404,13 +404,13 @@ def _banded_block(band, aq, ak, qr, R, r0, r1, c, n, dtype,
         if Tk is not None: lo = _add_to(lo, Tk[:, :, :c].gather(-1, idx.transpose(-1, -2).expand(*Tk.shape[:2], c, r1 - r0)).transpose(-1, -2))
     if qr is not None:   # qr_a · R[n-1+j-a]: the block's rows against their window of distances, read through the skew view
         rel = _skew(qr[:, :, r0:r1].flip(2) @ R[:, n - r1 : n - r1 + (r1 - r0) + c - 1].transpose(-1, -2), c)
-        lo = rel if lo is None else lo.add_(rel)   # a view of a fresh buffer: the terms below are added into it
+        lo = _add_to(lo, rel)   # a view of a fresh buffer: the terms below are added into it
     if aq is not None:
         A, B = aq[:, :, r0:r1].flip(2), ak[:, :, :c].transpose(-1, -2)
         lo = A @ B if lo is None else _addmm_(lo, A, B)
     if band is not None:
         hb = _hankel(band, r0, r1, c, n)   # last: the band's view is never written
-        lo = hb if lo is None else lo.add_(hb)
+        lo = _add_to(lo, hb)
     return lo.to(dtype)
 
 def _add_to(lo:Optional[Tensor], t:Tensor)->Tensor:
@@ -463,7 +463,8 @@ class _BandedBias(torch.autograd.Function):
         dTk = Tk.new_zeros(b, h, m, Tk.shape[-1], dtype=ct) if need[9] else None
         D = (go.to(ct) * out.to(ct)).sum(-1, keepdim=True) if any(need[3:10]) else None   # rowsum(dO ⊙ O)
         with torch.no_grad(), flush_denormals():
-            rows = lambda r0, r1: (*(t[:, :, r0:r1].flip(2) for t in (q, go, out, lse)), m - n + r1 if causal else m)
+            rev = lambda t, r0, r1: t[:, :, r0:r1].flip(2)   # rows r1-1..r0 (a copy)
+            keys = lambda r1: m - n + r1 if causal else m   # keys a block of rows up to r1 sees
             def skewed(r, c):   # zeros, and the view `ds` [b, h, r, c] of it where reversed row t, key j sits at column t + j
                 skew = q.new_zeros(b * h, r, r + c - 1, dtype=ct)
                 return skew, skew.as_strided((b, h, r, c), (h * r * (r + c - 1), r * (r + c - 1), r + c, 1))
@@ -497,7 +498,7 @@ class _BandedBias(torch.autograd.Function):
             sub = max(16, block // 4)
             for r0 in range(0, n, block):
                 r1 = min(n, r0 + block)
-                qb, gb, ob, lb, c = rows(r0, r1)
+                qb, gb, ob, lb, c = rev(q, r0, r1), rev(go, r0, r1), rev(out, r0, r1), rev(lse, r0, r1), keys(r1)
                 if fill:
                     skew, ds = skewed(r1 - r0, c)
                     bias = _banded_block(band, aq, ak, qr, R, r0, r1, c, n, q.dtype, out=ds, tables=tables)
@@ -514,11 +515,10 @@ class _BandedBias(torch.autograd.Function):
                     continue
                 del qb, gb, lb
                 for s0 in range(r0, r1, sub):
-                    s1 = min(r1, s0 + sub); cs = m - n + s1 if causal else m
+                    s1 = min(r1, s0 + sub); cs = keys(s1)
                     skew, ds = skewed(s1 - s0, cs)
                     ds.copy_(_banded_block(band, aq, ak, qr, R, s0, s1, cs, n, q.dtype))
-                    qs, gs, _, ls, _ = rows(s0, s1)
-                    bias_grad(s0, s1, skew, ds, qs, gs, ls, cs); del skew, ds
+                    bias_grad(s0, s1, skew, ds, rev(q, s0, s1), rev(go, s0, s1), rev(lse, s0, s1), cs); del skew, ds
         fit = lambda g, t: None if g is None else _sum_to(g, t.shape).to(t.dtype)
         if dband is not None: dband = _sum_to(dband.view(b, h, -1).sum(0), band.shape).to(band.dtype)
         return (dq, dk, dv, dband, fit(daq, aq), fit(dak, ak), fit(dqr, qr), fit(None if dR is None else dR.sum(0), R),

@@ -389,7 +389,7 @@ def run_lab(cfg:LabConfig, # what to run
                                cfg.lr, rnd, sr['max_position'], device=cfg.device,
                                tick=(lambda u, w=w(task): bar.update(u * w)) if bar else (lambda u: None))
         sr['seeds'].append(seed); sr['train_s'].append(round(r['train_s'], 2)); sr['final_loss'].append(r['final_loss'])
-        session['trained'].append(f"{tname} {k} seed {seed}")
+        session['trained'].append([tname, k, seed])
         for n, v in r['values'].items(): sr['values'][str(n)].append(v)
         for n, v in r['token_accuracy'].items(): sr['token_accuracy'].setdefault(str(n), []).append(v)
         for n, v in r['notes'].items(): sr['notes'][str(n)] = v
@@ -446,8 +446,7 @@ def results_markdown(res:dict)->str:
         lines += ['', f"Trained in {len(done)} sessions (`--resume`):"]
         for s in done:
             by = {}
-            for u in s['trained']:   # 'task key seed i'; a variant's key may hold spaces
-                t, rest = u.split(' ', 1); by.setdefault(t, []).append(rest.rsplit(' seed ', 1)[0])
+            for t, k, _ in s['trained']: by.setdefault(t, []).append(k)
             what = '; '.join(f"{t}: {', '.join(dict.fromkeys(ks))}" for t, ks in by.items())
             lines.append(f"- {s['date']}, CPU {s['cpu']}, torch {s['torch']}: {len(s['trained'])} model{'s' * (len(s['trained']) != 1)} in {s.get('wall_s', 0) / 60:.1f} min ({what})")
     return '\n'.join(lines)

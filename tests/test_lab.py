@@ -90,7 +90,7 @@ def test_interrupted_run_resumes_to_the_same_numbers(tiny_run, tmp_path, monkeyp
     # each session is on record with what it trained: two before the interruption, the rest after
     assert [len(s['trained']) for s in res['sessions']] == [2, n_units - 2]
     assert sorted(sum((s['trained'] for s in res['sessions']), [])) == sorted(
-        f"{t} {k} seed {i}" for t, tr in res['tasks'].items() for k, s in tr['schemes'].items() for i in s['seeds'])
+        [t, k, i] for t, tr in res['tasks'].items() for k, s in tr['schemes'].items() for i in s['seeds'])
     md = (tmp_path / 'results.md').read_text()
     assert 'Trained in 2 sessions' in md and f"{n_units - 2} models" in md
     assert len(full['sessions']) == 1 and 'sessions (`--resume`)' not in (d / 'results.md').read_text()   # one session: no such list
@@ -133,9 +133,9 @@ def test_sessions_listed_with_variant_keys(tiny_run):
     d, res, out = tiny_run
     res = json.loads(json.dumps(res))
     env = {k: res['environment'][k] for k in ('date', 'cpu', 'torch')}
-    res['sessions'] = [dict(env, trained=['lm alibi seed 0', 'lm cope/cope (max_pos=4, special reset) seed 0'], wall_s=60.0),
+    res['sessions'] = [dict(env, trained=[['lm', 'alibi', 0], ['lm', 'cope/cope (max_pos=4, special reset)', 0]], wall_s=60.0),
                        dict(env, trained=[], wall_s=0.0),   # a resume that found nothing to do
-                       dict(env, trained=['copy t5+rand seed 1'], wall_s=30.0)]
+                       dict(env, trained=[['copy', 't5+rand', 1]], wall_s=30.0)]
     md = lab.results_markdown(res)
     assert 'Trained in 2 sessions' in md
     assert '2 models in 1.0 min (lm: alibi, cope/cope (max_pos=4, special reset))' in md
